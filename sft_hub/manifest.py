@@ -1,0 +1,56 @@
+"""The run manifest: everything needed to trust, reload and reproduce a run, in one JSON file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import platform
+from typing import Any
+
+from sft_hub import __version__
+
+LIBRARIES = ("torch", "transformers", "datasets", "accelerate", "peft", "timm", "safetensors", "huggingface_hub")
+
+
+def library_versions() -> dict[str, str]:
+    out = {"sft-hub": __version__, "python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def build_manifest(recipe, built, base, data, frozen_sha, trained_sha, params, metrics, train_metrics, args, task) -> dict[str, Any]:
+    main_metric = task.main_metric(recipe.data, data.labels) if hasattr(task, "main_metric") else "accuracy"
+    first = next(iter(metrics.values()), {})
+    prefix = f"eval_{next(iter(metrics), '')}_"
+    return {
+        "format": "sft-hub-run/1",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "task": recipe.task,
+        "base": {
+            "name_or_path": recipe.model.name_or_path,
+            "revision": built.revision,
+            "resolved": built.source if not base.get("saved_in_run") else "base",
+            "files_sha256": base.get("files", {}),
+            "frozen_sha256": frozen_sha,
+        },
+        "strategy": recipe.strategy.to_dict(),
+        "saved_as": recipe.strategy.saved_as,
+        "head_modules": built.head_modules,
+        "labels": data.labels,
+        "regression": data.is_regression,
+        "splits": {name: len(ds) for name, ds in data.splits.items()},
+        "data_info": data.info,
+        "parameters": params,
+        "trained_sha256": trained_sha,
+        "seed": args.seed,
+        "world_size": args.world_size,
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        "main_metric": {"name": main_metric, "value": first.get(prefix + main_metric)},
+        "metrics": metrics,
+        "train": {k: v for k, v in train_metrics.items()},
+        "versions": library_versions(),
+    }

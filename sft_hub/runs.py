@@ -1,0 +1,158 @@
+"""The run directory contract: what is written where, which checkpoints count, and loading a run back.
+
+```
+<run>/recipe.yaml        resolved recipe (re-running it reproduces the run)
+<run>/manifest.json      base id/revision/fingerprints, strategy, labels, versions, seed, final metrics
+<run>/adapter|head|model what the strategy learned (safetensors); <run>/base when the base had no files
+<run>/processor/         tokenizer / feature extractor / image config used for inputs
+<run>/checkpoints/checkpoint-N/COMPLETE   a checkpoint counts only once this marker exists
+<run>/eval_results.json, metrics.jsonl, README.md (model card)
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sft_hub.errors import RunError
+
+RECIPE, MANIFEST, EVAL_RESULTS, METRICS_LOG = "recipe.yaml", "manifest.json", "eval_results.json", "metrics.jsonl"
+COMPLETE = "COMPLETE"
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write atomically: a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=False, default=str)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path}: not found; is {path.parent} a finished sft-hub run?") from None
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{path}: corrupt JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def write_recipe(run_dir: Path, raw: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / (RECIPE + ".tmp")
+    tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
+    os.replace(tmp, run_dir / RECIPE)
+
+
+def checkpoints(run_dir: Path) -> list[tuple[int, Path, bool]]:
+    """(step, path, complete) for every checkpoint folder, oldest first."""
+    folder = run_dir / "checkpoints"
+    found = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            m = _CKPT.match(p.name)
+            if m and p.is_dir():
+                found.append((int(m.group(1)), p, (p / COMPLETE).is_file()))
+    return sorted(found)
+
+
+def latest_complete_checkpoint(run_dir: Path) -> Path | None:
+    complete = [p for _, p, ok in checkpoints(run_dir) if ok]
+    return complete[-1] if complete else None
+
+
+def mark_complete(checkpoint: Path) -> None:
+    """Called after every file of the checkpoint is written: fsync them, then write the marker last."""
+    for f in checkpoint.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    marker = checkpoint / COMPLETE
+    with open(marker, "w") as fh:
+        fh.write("complete\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def rotate(run_dir: Path, keep: int | None) -> None:
+    """Delete old checkpoints beyond `keep`, counting only complete ones; never the newest complete one."""
+    if not keep:
+        return
+    entries = checkpoints(run_dir)
+    complete = [p for _, p, ok in entries if ok]
+    newest = complete[-1] if complete else None
+    for p in complete[:-keep]:
+        if p != newest:
+            shutil.rmtree(p, ignore_errors=True)
+    for _, p, ok in entries:  # incomplete ones older than the newest complete one are debris of a crash
+        if not ok and newest is not None and p.stat().st_mtime < newest.stat().st_mtime:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def check_output_dir(run_dir: Path, raw: dict, overwrite: bool) -> str:
+    """Decide what to do with `run_dir`: "new", "resume" (same recipe, unfinished) or raise.
+
+    A folder holding a different run (another recipe) or a finished run is never mixed into silently.
+    """
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+        return "new"
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return "new"
+    recipe_file = run_dir / RECIPE
+    if not recipe_file.is_file():
+        raise RunError(f"training.output_dir: {run_dir} is not empty and holds no sft-hub run; choose another folder or pass --overwrite")
+    previous = yaml.safe_load(recipe_file.read_text()) or {}
+    if _comparable(previous) != _comparable(raw):
+        diff = sorted(_diff_keys(_comparable(previous), _comparable(raw)))
+        raise RunError(f"training.output_dir: {run_dir} holds a different run (differs in {', '.join(diff[:5])}); pass --overwrite to replace it")
+    if (run_dir / MANIFEST).is_file():
+        raise RunError(f"training.output_dir: {run_dir} holds a finished run of this recipe; pass --overwrite to train again")
+    return "resume"
+
+
+def _comparable(raw: dict) -> dict:
+    # Running longer or logging differently is the same run; everything else must match to resume.
+    same_run = {"num_train_epochs", "max_steps", "logging_steps", "save_steps", "eval_steps", "save_total_limit", "disable_tqdm"}
+    training = {k: v for k, v in (raw.get("training") or {}).items() if k not in same_run}
+    return {**{k: v for k, v in raw.items() if k != "description"}, "training": training}
+
+
+def _diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for key in set(a) | set(b):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out |= _diff_keys(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.add(f"{prefix}{key}")
+    return out
+
+
+@dataclass
+class RunInfo:
+    run_dir: Path
+    recipe: Any  # config.Recipe
+    manifest: dict
+
+
+def open_run(run_dir: str | Path) -> RunInfo:
+    from sft_hub.config import parse_recipe, read_yaml
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"run directory {run_dir} not found")
+    manifest = read_json(run_dir / MANIFEST)
+    return RunInfo(run_dir, parse_recipe(read_yaml(run_dir / RECIPE)), manifest)

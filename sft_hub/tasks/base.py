@@ -1,0 +1,62 @@
+"""The Task protocol: what a modality module provides to the engine (and nothing about strategies or devices).
+
+A task is a plain module (see `text.py`, `image.py`, `audio.py`) with these names. The engine calls them
+in this order: `load_data` -> `load_processor` -> `encode` -> `collator` -> `build_model` -> `metrics`.
+Labels are normalised by `load_data`: every split has a `labels` column holding class ids (ints) or,
+for regression, floats; `TaskData.labels` is the list of class names, or None for regression.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from datasets import Dataset, DatasetDict
+from transformers import EvalPrediction, PreTrainedModel
+
+
+@dataclass
+class TaskData:
+    splits: DatasetDict  # raw rows with a `labels` column (test splits without labels are left out)
+    train_split: str
+    eval_splits: list[str]
+    labels: list[str] | None  # class names in id order; None means regression (one output)
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. skipped files, counted into the manifest
+
+    @property
+    def is_regression(self) -> bool:
+        return self.labels is None
+
+
+@dataclass
+class BuiltModel:
+    model: PreTrainedModel
+    head_modules: list[str]  # the new head's module names (peft `modules_to_save`, `head` strategy)
+    weight_files: list[Path]  # files the base weights were read from (fingerprinted); [] when built from scratch
+    source: str  # what the weights came from: a resolved local path, a Hub id, or "config" (scratch)
+    revision: str | None = None
+
+
+class Task(Protocol):
+    ModelConfig: type
+    DataConfig: type
+    lora_target_modules: list[str] | str | None  # default `target_modules` for LoRA when a recipe gives none
+
+    def load_data(self, data: Any, seed: int) -> TaskData: ...
+
+    def load_processor(self, model: Any, saved: Path | None = None) -> Any: ...
+
+    def save_processor(self, processor: Any, path: Path) -> None: ...
+
+    def encode(self, splits: DatasetDict, processor: Any, data: Any, model: Any, train_split: str | None) -> DatasetDict: ...
+
+    def collator(self, processor: Any, data: Any) -> Callable[[list[dict]], dict]: ...
+
+    def build_model(self, model: Any, labels: list[str] | None) -> BuiltModel: ...
+
+    def metrics(self, data: Any, labels: list[str] | None) -> Callable[[EvalPrediction], dict[str, float]]: ...
+
+    def read_inputs(self, data: Any, values: list[str], file: Path | None) -> Dataset: ...
+
+    def describe_input(self, row: dict) -> str: ...
