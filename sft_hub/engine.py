@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, set_seed
 
 from sft_hub import runs
 from sft_hub.base_model import files_sha256, tensors_sha256
@@ -95,6 +95,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
     processor = task.load_processor(recipe.model)
     with args.main_process_first(desc="preprocessing"):
         encoded = task.encode(data.splits, processor, recipe.data, recipe.model, data.train_split)
+    set_seed(seed)  # the new head's initialisation is part of the run: same seed, same head
     built = task.build_model(recipe.model, data.labels)
     base = {"files": files_sha256(built.weight_files)} if args.should_save else {}
     if not built.weight_files and recipe.strategy.name != "full" and args.should_save:
@@ -147,7 +148,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         write_model_card(run_dir, recipe, manifest)
         runs.write_json(run_dir / runs.MANIFEST, manifest)  # written last: its presence means "finished"
     trainer.accelerator.wait_for_everyone()
-    return {"run_dir": run_dir, "metrics": metrics, "manifest": manifest}
+    return {"run_dir": run_dir, "metrics": metrics, "manifest": manifest, "trainer": trainer}
 
 
 def _resume_from(run_dir: Path, resume: bool | str) -> Path | None:

@@ -73,6 +73,7 @@ def build_training_args(training: dict[str, Any], run_dir: Path, **defaults: Any
         "logging_strategy": "steps",
         "logging_steps": 10,
         "disable_tqdm": None,
+        "use_cpu": not _has_accelerator(),  # lets bf16 autocast run on CPU-only machines
         **{k: v for k, v in defaults.items()},
         **training,
     }
@@ -82,6 +83,12 @@ def build_training_args(training: dict[str, Any], run_dir: Path, **defaults: Any
         return TrainingArguments(**kwargs)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"training: {str(exc).splitlines()[0]}") from None
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or torch.backends.mps.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
 def jsonable(value: Any) -> Any:

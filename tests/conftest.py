@@ -1,0 +1,82 @@
+"""Shared test fixtures: offline always, tiny models built from configs, data written by the tests."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb", "nice"]
+NEGATIVE = ["bad", "awful", "poor", "dreadful", "terrible", "weak"]
+FILLER = ["the", "movie", "was", "a", "plot", "really", "very", "film", "book", "it", "is", "so", "\"quoted\"", "it's"]
+
+
+def sentence(rng: random.Random, positive: bool, words: int = 6) -> str:
+    body = [rng.choice(FILLER) for _ in range(words - 1)]
+    body.insert(rng.randrange(words), rng.choice(POSITIVE if positive else NEGATIVE))
+    return " ".join(body)
+
+
+def write_tiny_bert(folder: Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """A 2-layer BERT encoder (no task head) with a word-level vocab covering the fixture sentences."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    words = sorted(set(POSITIVE + NEGATIVE + FILLER + ["quoted", "'", "\"", "s", "|"]))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=64)
+    import torch
+
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return write_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+def write_sentiment_csv(folder: Path, n_train: int = 48, n_val: int = 16, seed: int = 0, sep: str = ",") -> dict[str, str]:
+    import csv
+
+    rng = random.Random(seed)
+    files = {}
+    for split, n in (("train", n_train), ("validation", n_val)):
+        path = folder / f"{split}.{'tsv' if sep == chr(9) else 'csv'}"
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh, delimiter=sep)
+            w.writerow(["review", "sentiment"])
+            for i in range(n):
+                pos = i % 2 == 0
+                w.writerow([sentence(rng, pos), "pos" if pos else "neg"])
+        files[split] = str(path)
+    return files
+
+
+@pytest.fixture()
+def sentiment_files(tmp_path) -> dict[str, str]:
+    return write_sentiment_csv(tmp_path)
+
+
+def text_recipe(model_dir: Path, files: dict[str, str], out: Path, strategy: dict | None = None, **training) -> dict:
+    return {
+        "task": "text_classification",
+        "model": {"name_or_path": str(model_dir), "dropout": 0.0},
+        "data": {"source": "csv", "data_files": files, "text_columns": ["review"], "label_column": "sentiment", "max_length": 32},
+        "strategy": strategy or {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["query", "value"]},
+        "training": {"output_dir": str(out), "max_steps": 6, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 8,
+                     "learning_rate": 5e-3, "logging_steps": 1, "save_strategy": "no", "seed": 7, "disable_tqdm": True, **training},
+    }
