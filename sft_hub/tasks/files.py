@@ -22,11 +22,17 @@ def load_files(kind: str, files: dict[str, str]) -> DatasetDict:
     builder, kwargs = BUILDERS[kind]
     if builder == "csv":
         kwargs = {**kwargs, "keep_default_na": False}
-    try:
-        return load_dataset(builder, data_files=dict(files), **kwargs)
-    except Exception as exc:  # parser errors: name the files and the parser's own line/row message
-        msg = str(exc).splitlines()[-1] if str(exc) else type(exc).__name__
-        cause = exc.__cause__ or exc.__context__
-        if cause is not None and str(cause):
-            msg = str(cause).splitlines()[-1]
-        raise DataError(f"data files {', '.join(files.values())}: cannot read as {kind}: {msg}") from None
+    out = {}
+    for split, f in files.items():  # one file at a time, so an error names the file at fault
+        try:
+            out[split] = load_dataset(builder, data_files={split: f}, split=split, **kwargs)
+        except Exception as exc:  # parser errors: the parser's own line/row message
+            cause = exc.__cause__ or exc.__context__
+            msg = str(cause if cause is not None and str(cause) else exc).strip().splitlines()
+            text = msg[-1] if msg else type(exc).__name__
+            if "corresponds to no data" in text:
+                raise DataError(f"data: split {split!r} is empty (file {f} has no rows)") from None
+            raise DataError(f"data.data_files.{split}: cannot read {f} as {kind}: {text}") from None
+        if len(out[split]) == 0:
+            raise DataError(f"data: split {split!r} is empty (file {f})")
+    return DatasetDict(out)

@@ -1,0 +1,223 @@
+"""Image sources and checks for the image task: class folders, sklearn's digits, Hub datasets; decoding.
+
+Every source yields splits with an `image` column (`datasets.Image(decode=False)`: a path, or bytes
+plus a display name) and a `raw_label` column. Images are decoded on the fly by `open_rgb`, which turns
+grayscale, palette, 16-bit and alpha images into RGB; `check_images` decodes every image once up front
+so that an unreadable or truncated file is an error naming the file (or, on request, skipped and
+counted, never silently).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset, DatasetDict, Features, Image as ImageFeature, Value
+from PIL import Image, ImageOps
+
+from sft_hub.errors import DataError
+
+log = logging.getLogger("sft_hub")
+IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+SPLIT_NAMES = ("train", "validation", "valid", "val", "dev", "test")
+DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED = 0.2, 0  # fixed: the held-out digits never depend on the training seed
+FEATURES = Features({"image": ImageFeature(decode=False), "raw_label": Value("string")})
+
+
+def image_name(item: dict) -> str:
+    return item.get("path") or "<image bytes>"
+
+
+def open_rgb(item: dict, draft: bool = False) -> Image.Image:
+    """Decode one `{"path", "bytes"}` item fully into an RGB image (alpha composited onto white)."""
+    img = Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"])
+    if draft and img.format == "JPEG":  # decode at 1/8 scale: still reads every byte (truncation is caught)
+        img.draft("RGB", (1, 1))
+    img.load()
+    if img.getexif().get(0x0112, 1) != 1:  # camera orientation tag: rotate the pixels as viewers show them
+        img = ImageOps.exif_transpose(img)
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / float grayscale: scale to 8 bits, not clip
+        arr = np.asarray(img, dtype=np.float32)
+        peak = float(arr.max()) if arr.size else 0.0
+        img = Image.fromarray(np.clip(arr * (255.0 / peak) if peak > 255 else arr, 0, 255).astype(np.uint8))
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        img = img.convert("RGBA")
+        canvas = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def _problem(item: dict) -> str | None:
+    try:
+        open_rgb(item, draft=True)
+        return None
+    except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def check_images(splits: DatasetDict, on_bad_image: str) -> tuple[DatasetDict, dict]:
+    """Decode every image once; bad ones raise DataError (or are dropped and listed when `on_bad_image=skip`)."""
+    out, skipped = {}, []
+    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+        for name, ds in splits.items():
+            bad = []
+            for start in range(0, len(ds), 512):
+                items = ds[start: start + 512]["image"]
+                bad += [(start + i, image_name(it), why) for i, (it, why) in enumerate(zip(items, pool.map(_problem, items))) if why]
+            if bad and on_bad_image == "error":
+                i, path, why = bad[0]
+                more = f" ({len(bad) - 1} more bad images; data.on_bad_image=skip drops and counts them)" if len(bad) > 1 else ""
+                raise DataError(f"image {path} (split {name!r}, row {i}): cannot read: {why}{more}")
+            for i, path, why in bad:
+                log.warning("skipping unreadable image %s (split %r): %s", path, name, why)
+            skipped += [{"split": name, "image": path, "reason": why} for _, path, why in bad]
+            drop = {i for i, _, _ in bad}
+            out[name] = ds.select([i for i in range(len(ds)) if i not in drop]) if drop else ds
+    info = {"skipped_images": len(skipped)}
+    if skipped:
+        info["skipped"] = skipped[:50]  # the manifest lists the first 50; the count is exact
+    return DatasetDict(out), info
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".") and path.name not in ("Thumbs.db", "desktop.ini", "__MACOSX")
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _class_folders(root: Path, where: str) -> dict[str, list[str]]:
+    """class name -> image files under `root/<class>/` (recursively); loose images and non-images are errors."""
+    classes: dict[str, list[str]] = {}
+    for entry in sorted(p for p in root.iterdir() if _visible(p)):
+        if entry.is_file():
+            if _is_image_file(entry):
+                raise DataError(f"{where}: image {entry} is not inside a class folder ({root}/<class>/{entry.name})")
+            continue  # README, label lists and other notes next to the class folders
+        files = []
+        for f in sorted(entry.rglob("*")):
+            if f.is_dir() or not all(_visible(Path(part)) for part in f.relative_to(entry).parts):
+                continue
+            if not _is_image_file(f):
+                raise DataError(f"{where}: {f} is not an image file (known image extensions: .jpg, .jpeg, .png, .bmp, .gif, .webp, .tif, ...)")
+            files.append(str(f))
+        if not files:
+            raise DataError(f"{where}: class folder {entry} is empty (no images)")
+        classes[entry.name] = files
+    if not classes:
+        raise DataError(f"{where}: no class folders in {root} (expected {root}/<class>/<image files>)")
+    return classes
+
+
+def _rows(classes: dict[str, list[str]]) -> Dataset:
+    paths = [f for files in classes.values() for f in files]
+    labels = [c for c, files in classes.items() for _ in files]
+    return Dataset.from_dict({"image": [{"path": p, "bytes": None} for p in paths], "raw_label": labels}, features=FEATURES)
+
+
+def load_folder(folder: str, train_split: str) -> DatasetDict:
+    """`<folder>/<split>/<class>/*` (splits: train, val, ...) or `<folder>/<class>/*` (one pool: `train`)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"data.folder: folder {folder} not found")
+    subdirs = {p.name for p in root.iterdir() if p.is_dir() and _visible(p)}
+    if train_split not in subdirs:
+        return DatasetDict({train_split: _rows(_class_folders(root, "data.folder"))})
+    split_dirs = [s for s in subdirs if s == train_split or s in SPLIT_NAMES]
+    found = {s: _class_folders(root / s, f"data.folder (split {s})") for s in sorted(split_dirs)}
+    train_classes = set(found[train_split])
+    for split, classes in found.items():
+        extra = sorted(set(classes) - train_classes)
+        if extra:
+            raise DataError(f"data.folder: class {extra[0]!r} has images in {root / split / extra[0]} but no folder in "
+                            f"{root / train_split} (training classes: {', '.join(sorted(train_classes))})")
+    return DatasetDict({s: _rows(c) for s, c in found.items()})
+
+
+def load_digits_splits() -> DatasetDict:
+    """scikit-learn's 1,797 8x8 digits as grayscale PNGs; a fixed stratified 80/20 train/test split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.clip(np.rint(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)  # pixel values are 0..16
+    items = []
+    for i, arr in enumerate(images):
+        buf = io.BytesIO()
+        Image.fromarray(arr, mode="L").save(buf, format="PNG")
+        items.append({"path": f"digits/{i}.png", "bytes": buf.getvalue()})
+    labels = [str(int(t)) for t in digits.target]
+    train_idx, test_idx = train_test_split(np.arange(len(items)), test_size=DIGITS_TEST_FRACTION,
+                                           random_state=DIGITS_SPLIT_SEED, stratify=digits.target)
+    make = lambda idx: Dataset.from_dict({"image": [items[i] for i in idx], "raw_label": [labels[i] for i in idx]}, features=FEATURES)
+    return DatasetDict({"train": make(sorted(train_idx)), "test": make(sorted(test_idx))})
+
+
+def load_hub(dataset: str, config: str | None, revision: str | None, image_column: str, label_column: str) -> DatasetDict:
+    from datasets import load_dataset
+
+    try:
+        raw = load_dataset(dataset, config, revision=revision)
+    except Exception as exc:
+        raise DataError(f"data.dataset: cannot load {dataset!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    out = {}
+    for split, ds in raw.items():
+        for col, key in ((image_column, "image_column"), (label_column, "label_column")):
+            if col not in ds.column_names:
+                raise DataError(f"data.{key}: column {col!r} not in dataset {dataset} split '{split}'; columns are {', '.join(ds.column_names)}")
+        ds = ds.select_columns([image_column, label_column]).rename_columns({image_column: "image", label_column: "raw_label"})
+        out[split] = ds.cast_column("image", ImageFeature(decode=False))  # decoded on the fly by open_rgb
+    return DatasetDict(out)
+
+
+def stratified_holdout(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Split off a seeded, class-stratified fraction (classes too small to stratify fall back to a plain split)."""
+    from sklearn.model_selection import train_test_split
+
+    labels = [str(v) for v in ds["raw_label"]]
+    idx = np.arange(len(ds))
+    counts = {v: labels.count(v) for v in set(labels)}
+    stratify = labels if min(counts.values()) >= 2 and int(round(fraction * len(ds))) >= len(counts) else None
+    try:
+        keep, held = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
+    except ValueError as exc:
+        raise DataError(f"data.validation_fraction: cannot split {len(ds)} images by {fraction}: {exc}") from None
+    return ds.select(sorted(keep)), ds.select(sorted(held))
+
+
+def list_inputs(values: list[str], file: Path | None) -> Dataset:
+    """Images to predict: paths or folders on the command line, or a text file with one path per line."""
+    names = list(values)
+    base = Path.cwd()
+    if file is not None:
+        if not file.is_file():
+            raise DataError(f"--file {file}: not found")
+        names += [line.strip() for line in file.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        base = file.parent
+    paths = []
+    for name in names:
+        p = Path(name)
+        if not p.exists() and not p.is_absolute() and (base / p).exists():
+            p = base / p
+        if p.is_dir():
+            paths += [str(f) for f in sorted(p.rglob("*")) if f.is_file() and _is_image_file(f) and _visible(f)]
+        elif p.is_file():
+            paths.append(str(p))
+        else:
+            raise DataError(f"input {name}: image file not found")
+    rows = Dataset.from_dict({"image": [{"path": p, "bytes": None} for p in paths]},
+                             features=Features({"image": ImageFeature(decode=False)}))
+    for item in rows["image"]:
+        why = _problem(item)
+        if why:
+            raise DataError(f"image {item['path']}: cannot read: {why}")
+    return rows
