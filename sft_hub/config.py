@@ -20,7 +20,15 @@ import yaml
 
 from sft_hub.errors import ConfigError
 
-TOP_LEVEL_KEYS = ("task", "description", "model", "data", "strategy", "training", "metrics")
+TOP_LEVEL_KEYS = ("task", "description", "model", "data", "strategy", "training", "engine", "metrics")
+
+
+@dataclass
+class EngineConfig:
+    """How the engine guards a run (what Trainer itself has no argument for)."""
+
+    nonfinite_loss: typing.Literal["error", "skip"] = "error"  # a NaN/inf loss stops the run, or is skipped
+    max_nonfinite_skips: int = 10
 
 
 @dataclass
@@ -31,6 +39,7 @@ class Recipe:
     strategy: Any
     training: dict[str, Any]
     description: str = ""
+    engine: EngineConfig = field(default_factory=EngineConfig)
     metrics: list[str] = field(default_factory=list)  # extra Hub `evaluate` metrics (online users)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # resolved YAML, written to the run dir
 
@@ -189,6 +198,7 @@ def parse_recipe(raw: dict) -> Recipe:
         strategy=parse_strategy(raw.get("strategy") or {"name": "full"}),
         training=validate_training(raw["training"]),
         description=check_type(raw.get("description", ""), str, "description"),
+        engine=from_dict(EngineConfig, raw.get("engine"), "engine"),
         metrics=check_type(raw.get("metrics") or [], list[str], "metrics"),
         raw=raw,
     )

@@ -14,12 +14,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainerCallback, set_seed
+from transformers import Trainer, set_seed
 
 from sft_hub import runs
 from sft_hub.base_model import files_sha256, tensors_sha256
+from sft_hub.callbacks import CompleteCheckpoints, GracefulStop, MetricsLog, NonFiniteGuard
 from sft_hub.config import Recipe
 from sft_hub.errors import RunError
+from sft_hub.hub import write_model_card
 from sft_hub.manifest import build_manifest
 from sft_hub.strategies import apply_strategy, count_parameters, frozen_params, save_learned, trainable_state
 from sft_hub.tasks import get_task
@@ -43,36 +45,8 @@ def make_loss(regression: bool):
     return loss_fn
 
 
-class CompleteCheckpoints(TrainerCallback):
-    """Marks a checkpoint complete after Trainer has written it, then rotates (complete ones only)."""
-
-    def __init__(self, run_dir: Path, keep: int | None):
-        self.run_dir, self.keep = run_dir, keep
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            ckpt = self.run_dir / "checkpoints" / f"checkpoint-{state.global_step}"
-            if ckpt.is_dir():
-                runs.mark_complete(ckpt)
-                runs.rotate(self.run_dir, self.keep)
-
-
-class MetricsLog(TrainerCallback):
-    """Appends every log record (loss, grad_norm, learning rate, eval metrics) to <run>/metrics.jsonl."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
-            import json
-
-            with open(self.path, "a") as fh:
-                fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-
-
 def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) -> dict[str, Any]:
-    """Train a recipe into its run directory; returns {"run_dir", "metrics", "manifest"}."""
+    """Train a recipe into its run directory; returns {"run_dir", "metrics", "manifest", "trainer", "stopped"}."""
     task = get_task(recipe.task)
     run_dir = recipe.output_dir
     training = dict(recipe.training)
@@ -80,17 +54,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
     seed = int(training.get("seed", 42))
     data = task.load_data(recipe.data, seed)  # bad data fails here, before any model is loaded
     args = build_training_args(training, run_dir, remove_unused_columns=False)
-
-    decision: list[Any] = [None]
-    if args.should_save:  # rank 0 decides about the folder; every rank resumes from the same checkpoint
-        mode = runs.check_output_dir(run_dir, recipe.raw, overwrite)
-        runs.write_recipe(run_dir, recipe.raw)
-        decision = [_resume_from(run_dir, resume) if mode == "resume" or isinstance(resume, str) else None]
-    if args.world_size > 1:
-        from accelerate.utils import broadcast_object_list
-
-        broadcast_object_list(decision)
-    checkpoint = decision[0]
+    checkpoint = _prepare_run_dir(recipe, data, args, overwrite, resume)
 
     processor = task.load_processor(recipe.model)
     with args.main_process_first(desc="preprocessing"):
@@ -105,6 +69,8 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
     model = apply_strategy(built.model, recipe.strategy, built.head_modules, task.lora_target_modules)
     frozen_before = tensors_sha256(frozen_params(model)) if recipe.strategy.name != "full" else None
     eval_sets = {name: encoded[name] for name in data.eval_splits}
+    guard = NonFiniteGuard(make_loss(data.is_regression), recipe.engine.nonfinite_loss, recipe.engine.max_nonfinite_skips)
+    stop = GracefulStop()
     trainer = Trainer(
         model=model,
         args=args,
@@ -112,13 +78,17 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         eval_dataset=(eval_sets if len(eval_sets) > 1 else next(iter(eval_sets.values()), None)),
         data_collator=task.collator(processor, recipe.data),
         compute_metrics=task.metrics(recipe.data, data.labels),
-        compute_loss_func=make_loss(data.is_regression),
+        compute_loss_func=guard,
         processing_class=processor if hasattr(processor, "model_input_names") else None,
-        callbacks=[CompleteCheckpoints(run_dir, keep), MetricsLog(run_dir / runs.METRICS_LOG)],
+        callbacks=[CompleteCheckpoints(run_dir, keep), MetricsLog(run_dir / runs.METRICS_LOG), stop],
     )
+    guard.state = trainer.state
     if checkpoint:
         log.warning("resuming from %s", checkpoint)
     train_out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if stop.requested:
+        log.warning("stopped by SIGTERM at step %d with a complete checkpoint; run the same command to resume", trainer.state.global_step)
+        return {"run_dir": run_dir, "metrics": {}, "manifest": None, "trainer": trainer, "stopped": True}
 
     if frozen_before is not None and tensors_sha256(frozen_params(model)) != frozen_before:
         raise RunError("frozen base weights changed during training; the run was not saved (report this as a bug)")
@@ -142,13 +112,35 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         (run_dir / recipe.strategy.saved_as / "training_args.bin").unlink(missing_ok=True)
         manifest = build_manifest(recipe, built, base, data, frozen_before, trained_sha, count_parameters(model),
                                   metrics, train_out.metrics, args, task)
+        manifest["nonfinite_skipped"] = guard.skipped
         runs.write_json(run_dir / runs.EVAL_RESULTS, metrics)
-        from sft_hub.hub import write_model_card
-
         write_model_card(run_dir, recipe, manifest)
         runs.write_json(run_dir / runs.MANIFEST, manifest)  # written last: its presence means "finished"
     trainer.accelerator.wait_for_everyone()
-    return {"run_dir": run_dir, "metrics": metrics, "manifest": manifest, "trainer": trainer}
+    return {"run_dir": run_dir, "metrics": metrics, "manifest": manifest, "trainer": trainer, "stopped": False}
+
+
+def _prepare_run_dir(recipe: Recipe, data, args, overwrite: bool, resume: bool | str) -> Path | None:
+    """Rank 0 checks the output dir and picks the checkpoint to resume; every rank gets the same answer."""
+    run_dir = recipe.output_dir
+    decision: list[Any] = [None]
+    if args.should_save:
+        mode = runs.check_output_dir(run_dir, recipe.raw, overwrite)
+        labels_file = run_dir / runs.LABELS
+        if mode == "resume" and labels_file.is_file():
+            before = runs.read_json(labels_file)
+            if before != data.labels:
+                count = lambda labels: "regression" if labels is None else f"{len(labels)} labels"  # noqa: E731
+                raise RunError(f"data: {count(data.labels)} now, but the checkpoints in {run_dir} were trained with "
+                               f"{count(before)} ({before}); pass --overwrite to start again")
+        runs.write_recipe(run_dir, recipe.raw)
+        runs.write_json(labels_file, data.labels)
+        decision = [_resume_from(run_dir, resume) if mode == "resume" or isinstance(resume, str) else None]
+    if args.world_size > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(decision)
+    return decision[0]
 
 
 def _resume_from(run_dir: Path, resume: bool | str) -> Path | None:

@@ -25,6 +25,7 @@ import yaml
 from sft_hub.errors import RunError
 
 RECIPE, MANIFEST, EVAL_RESULTS, METRICS_LOG = "recipe.yaml", "manifest.json", "eval_results.json", "metrics.jsonl"
+LABELS = "labels.json"  # written at the start of a run: a resume with other labels is refused
 COMPLETE = "COMPLETE"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 

@@ -1,0 +1,100 @@
+"""Trainer callbacks that keep the run directory's promises.
+
+- `CompleteCheckpoints`: a checkpoint counts once a COMPLETE marker is written after all its files are
+  flushed; rotation (`save_total_limit`) then deletes old complete ones, never the newest one.
+- `MetricsLog`: every log record goes to `<run>/metrics.jsonl` (rank 0).
+- `GracefulStop`: SIGTERM (preemption) asks Trainer to save a checkpoint at the end of the current
+  step and stop; a second SIGTERM exits at once (the checkpoint being written stays unmarked).
+- `NonFiniteGuard`: a NaN/inf loss stops the run naming the step, or with `nonfinite_loss: skip` the
+  step's update is dropped and counted, up to a limit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from sft_hub import runs
+from sft_hub.errors import SftHubError
+
+log = logging.getLogger("sft_hub")
+
+
+class NonFiniteLoss(SftHubError):
+    """Training produced a NaN or infinite loss."""
+
+
+class CompleteCheckpoints(TrainerCallback):
+    def __init__(self, run_dir: Path, keep: int | None):
+        self.run_dir, self.keep = run_dir, keep
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            ckpt = self.run_dir / "checkpoints" / f"checkpoint-{state.global_step}"
+            if ckpt.is_dir():
+                runs.mark_complete(ckpt)
+                runs.rotate(self.run_dir, self.keep)
+
+
+class MetricsLog(TrainerCallback):
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+class GracefulStop(TrainerCallback):
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:  # second signal: stop now, whatever is being written stays incomplete
+            os._exit(143)
+        self.requested = True
+        log.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+class NonFiniteGuard:
+    """Wraps the loss function: checks each micro-batch's loss before backward."""
+
+    def __init__(self, loss_fn, action: str, max_skips: int):
+        self.loss_fn, self.action, self.max_skips = loss_fn, action, max_skips
+        self.state = None  # Trainer.state, set by the engine once the Trainer exists
+        self.skipped = 0
+
+    def __call__(self, outputs, labels, num_items_in_batch=None):
+        loss = self.loss_fn(outputs, labels, num_items_in_batch)
+        if torch.is_grad_enabled() and not torch.isfinite(loss.detach()).all():
+            step = (self.state.global_step + 1) if self.state is not None else "?"
+            if self.action != "skip":
+                raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at step {step}; set engine.nonfinite_loss: skip to skip such steps")
+            self.skipped += 1
+            if self.skipped > self.max_skips:
+                raise NonFiniteLoss(f"non-finite loss at step {step}: {self.skipped} skipped, over engine.max_nonfinite_skips={self.max_skips}")
+            log.warning("non-finite loss at step %s skipped (%d so far)", step, self.skipped)
+            # a zero loss outside the graph: this micro-batch adds no gradient (single-process runs;
+            # under DDP the other ranks would wait for its gradients, so use the default `error` there)
+            return torch.zeros((), device=loss.device, requires_grad=True)
+        return loss
