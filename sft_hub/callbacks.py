@@ -96,5 +96,5 @@ class NonFiniteGuard:
             log.warning("non-finite loss at step %s skipped (%d so far)", step, self.skipped)
             # a zero loss outside the graph: this micro-batch adds no gradient (single-process runs;
             # under DDP the other ranks would wait for its gradients, so use the default `error` there)
-            return torch.zeros((), device=loss.device, requires_grad=True)
+            return torch.zeros((), device=loss.device, requires_grad=True).clone()
         return loss

@@ -1,4 +1,4 @@
-"""`sft-hub` command line: train | eval | predict | recipes | demo.
+"""`sft-hub` command line: train | eval | predict | export | push | recipes | demo.
 
 Every command takes `--help`. Bad input ends with one line `error: ...` naming the field, file or
 column at fault (exit status 2); `--traceback` shows the full Python traceback instead.
@@ -58,19 +58,42 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
-    from sft_hub.inference import load_run, predict
+    from sft_hub.inference import load_adapters, load_run, predict
 
-    if not a.inputs and not a.file:
+    if a.adapter:  # several adapters on one base: every positional argument is an input
+        views, inputs = load_adapters(a.adapter, allow_base_mismatch=a.allow_base_mismatch), a.args
+    else:
+        if not a.args:
+            raise SftHubError("predict: give RUN_DIR (or --adapter RUN_DIR ...) and inputs")
+        views, inputs = [load_run(a.args[0], allow_base_mismatch=a.allow_base_mismatch)], a.args[1:]
+    if not inputs and not a.file:
         raise SftHubError("predict: give inputs as arguments or --file FILE")
-    loaded = load_run(a.run_dir, allow_base_mismatch=a.allow_base_mismatch)
-    rows = loaded.task.read_inputs(loaded.info.recipe.data, a.inputs, Path(a.file) if a.file else None)
-    for item in predict(loaded, rows, a.batch_size, a.top_k):
-        if a.json:
-            print(json.dumps(item))
-        elif "label" in item:
-            print(f"{item['label']}\t{item['score']:.3f}\t{item['input']}")
-        else:
-            print(f"{item['score']:.4f}\t{item['input']}")
+    rows = views[0].task.read_inputs(views[0].info.recipe.data, inputs, Path(a.file) if a.file else None)
+    for view in views:
+        prefix = f"{view.info.run_dir}\t" if len(views) > 1 else ""
+        for item in predict(view, rows, a.batch_size, a.top_k):
+            if a.json:
+                print(json.dumps({"run": str(view.info.run_dir), **item} if len(views) > 1 else item))
+            elif "label" in item:
+                print(f"{prefix}{item['label']}\t{item['score']:.3f}\t{item['input']}")
+            else:
+                print(f"{prefix}{item['score']:.4f}\t{item['input']}")
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    from sft_hub.export import export_merged
+
+    if not a.merge:
+        raise SftHubError("export: only --merge is supported (the run dir already holds the adapter itself)")
+    out = export_merged(a.run_dir, a.out, allow_base_mismatch=a.allow_base_mismatch)
+    print(f"merged model written to {out['out']} (max |logit diff| vs the run: {out['max_abs_diff']:.2e})")
+
+
+def cmd_push(a: argparse.Namespace) -> None:
+    from sft_hub.hub import push
+
+    where = push(Path(a.run_dir), a.repo_id, private=a.private, merged=a.merged, dry_run=Path(a.dry_run) if a.dry_run else None)
+    print(f"dry run: upload folder written to {where}" if a.dry_run else f"pushed to {where}")
 
 
 def cmd_recipes(a: argparse.Namespace) -> None:
@@ -110,15 +133,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--allow-base-mismatch", action="store_true", help="load even if the base's fingerprint differs")
     e.set_defaults(func=cmd_eval)
 
-    r = sub.add_parser("predict", help="predict labels for inputs with a run directory")
-    r.add_argument("run_dir")
-    r.add_argument("inputs", nargs="*", help="inputs (text: a sentence, or 'first ||| second' for pair tasks)")
+    r = sub.add_parser("predict", help="predict with a run directory, or with several adapters on one base")
+    r.add_argument("args", nargs="*", metavar="RUN_DIR INPUT", help="run dir then inputs (text: a sentence, or 'first ||| second' "
+                   "for pair tasks; images/audio: file paths); with --adapter, inputs only")
+    r.add_argument("--adapter", action="append", metavar="RUN_DIR", help="adapter run to apply (repeat: base loaded once)")
     r.add_argument("--file", help="CSV/TSV/JSON/JSONL file of inputs (columns as in the recipe)")
     r.add_argument("--top-k", type=int, default=1)
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--json", action="store_true", help="one JSON object per line")
     r.add_argument("--allow-base-mismatch", action="store_true", help="load even if the base's fingerprint differs")
     r.set_defaults(func=cmd_predict)
+
+    x = sub.add_parser("export", help="merge a run's adapter (or head) into its base: a standalone HF model folder")
+    x.add_argument("run_dir")
+    x.add_argument("--merge", action="store_true", help="merge the adapter into the base (required)")
+    x.add_argument("--out", required=True, help="new folder for the merged model")
+    x.add_argument("--allow-base-mismatch", action="store_true")
+    x.set_defaults(func=cmd_export)
+
+    u = sub.add_parser("push", help="publish a run's adapter (or merged model) with a model card to the Hub")
+    u.add_argument("run_dir")
+    u.add_argument("--repo-id", required=True, help="OWNER/NAME on the Hub")
+    u.add_argument("--private", action="store_true")
+    u.add_argument("--merged", action="store_true", help="upload the merged standalone model instead of the adapter")
+    u.add_argument("--dry-run", metavar="DIR", help="write exactly the folder that would be uploaded, upload nothing")
+    u.set_defaults(func=cmd_push)
 
     c = sub.add_parser("recipes", help="list the bundled recipes with a one-line description each")
     c.set_defaults(func=cmd_recipes)

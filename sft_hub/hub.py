@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import yaml
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 PIPELINE_TAGS = {
     "text_classification": "text-classification",
     "image_classification": "image-classification",
     "audio_classification": "audio-classification",
 }
+
+
+CARD_METRICS = ("accuracy", "f1", "f1_macro", "precision_macro", "recall_macro", "matthews_correlation", "pearson", "spearmanr", "mse")
 
 
 def _dataset_id(recipe) -> str | None:
@@ -22,22 +24,34 @@ def _dataset_id(recipe) -> str | None:
     return getattr(data, "dataset", None)
 
 
+def _eval_results(recipe, manifest: dict) -> list[EvalResult]:
+    dataset = _dataset_id(recipe) or "custom"
+    config = getattr(recipe.data, "glue", None) or getattr(recipe.data, "dataset_config", None)
+    out = []
+    for split, values in manifest["metrics"].items():
+        for key, value in values.items():
+            name = key.removeprefix(f"eval_{split}_")
+            if isinstance(value, (int, float)) and name in CARD_METRICS:
+                out.append(EvalResult(task_type=PIPELINE_TAGS[recipe.task], dataset_type=dataset, dataset_name=dataset,
+                                      dataset_config=config, dataset_split=split, metric_type=name, metric_value=float(value)))
+    return out
+
+
 def card_data(recipe, manifest: dict, merged: bool = False) -> ModelCardData:
     base = manifest["base"]["name_or_path"]
     adapter = manifest["saved_as"] == "adapter" and not merged
-    metrics = [{"type": k.split("_", 2)[-1] if k.startswith("eval_") else k, "value": v}
-               for split in manifest["metrics"].values() for k, v in split.items()
-               if isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second", "_num_examples", "_loss"))]
     dataset = _dataset_id(recipe)
+    results = _eval_results(recipe, manifest)
     return ModelCardData(
-        base_model=base if "/" in base and not Path(base).exists() else None,
+        base_model=base if "/" in base and not Path(base).exists() and not base.startswith("embedded/") else None,
         library_name="peft" if adapter else "transformers",
         pipeline_tag=PIPELINE_TAGS.get(recipe.task),
         license="apache-2.0",
         datasets=[dataset] if dataset else None,
-        tags=["sft-hub", recipe.task, f"strategy:{manifest['strategy']['name']}"],
-        metrics=sorted({m["type"] for m in metrics}) or None,
+        tags=["sft-hub", recipe.task, f"strategy-{manifest['strategy']['name']}"],
+        metrics=sorted({r.metric_type for r in results}) or None,
         model_name=Path(str(recipe.training["output_dir"])).name,
+        eval_results=results or None,
     )
 
 
@@ -97,6 +111,20 @@ def write_model_card(run_dir: Path, recipe, manifest: dict, merged: bool = False
     return path
 
 
-def summary(manifest: dict) -> dict[str, Any]:
-    return {"task": manifest["task"], "base": manifest["base"]["name_or_path"], "strategy": manifest["strategy"]["name"],
-            "main_metric": manifest["main_metric"]}
+def push(run_dir: Path, repo_id: str, private: bool = False, merged: bool = False, dry_run: Path | None = None) -> str:
+    """Upload a run's adapter (or merged model) with its card; the token comes from `hf auth login` or HF_TOKEN."""
+    import tempfile
+
+    from sft_hub.export import assemble_upload
+
+    if dry_run is not None:
+        assemble_upload(run_dir, dry_run, merged)
+        return str(dry_run)
+    from huggingface_hub import HfApi
+
+    api = HfApi()  # reads the token from the environment or the login cache; it is never written anywhere
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = assemble_upload(run_dir, Path(tmp) / "upload", merged)
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=f"sft-hub: upload {Path(run_dir).name}")
+    return str(url)

@@ -87,6 +87,8 @@ def _batches(loaded: LoadedRun, rows: Dataset, batch_size: int, desc: str):
 
 
 def logits(loaded: LoadedRun, rows: Dataset, batch_size: int = 32) -> np.ndarray:
+    if hasattr(loaded, "activate"):
+        loaded.activate()
     parts = [lg for lg, _ in _batches(loaded, rows, batch_size, "predicting")]
     return torch.cat(parts).numpy() if parts else np.zeros((0, max(1, len(loaded.labels or [0]))))
 
@@ -124,3 +126,48 @@ def evaluate(loaded: LoadedRun, split: str | None = None, batch_size: int = 32) 
         preds = logits(loaded, rows, batch_size)
         results[name] = compute(EvalPrediction(predictions=preds, label_ids=np.asarray(rows["labels"])))
     return results
+
+
+def load_adapters(run_dirs: list[str | Path], allow_base_mismatch: bool = False) -> list[LoadedRun]:
+    """Several adapter runs on one base, loaded once (peft multi-adapter); one LoadedRun view per adapter.
+
+    The views share one model: `predict` on a view activates that view's adapter first.
+    """
+    from peft import PeftModel
+
+    infos = [open_run(r) for r in run_dirs]
+    first = infos[0]
+    for info in infos:
+        if info.manifest["saved_as"] != "adapter":
+            raise RunError(f"--adapter {info.run_dir}: strategy {info.manifest['strategy']['name']} saved no adapter")
+        same_base = (info.manifest["base"]["name_or_path"], info.manifest["base"]["files_sha256"]) == \
+                    (first.manifest["base"]["name_or_path"], first.manifest["base"]["files_sha256"])
+        if not same_base:
+            raise RunError(f"--adapter {info.run_dir}: trained on base {info.manifest['base']['name_or_path']} "
+                           f"({_short(info)}), not on {first.manifest['base']['name_or_path']} ({_short(first)}) like {first.run_dir}")
+        if len(info.manifest["labels"] or [0]) != len(first.manifest["labels"] or [0]):
+            raise RunError(f"--adapter {info.run_dir}: {len(info.manifest['labels'] or [0])} outputs, but {first.run_dir} has "
+                           f"{len(first.manifest['labels'] or [0])}; adapters sharing one base need heads of one size")
+    task = get_task(first.recipe.task)
+    processor = task.load_processor(first.recipe.model, saved=first.run_dir / "processor")
+    built = task.build_model(first.recipe.model, first.manifest["labels"])
+    verify_base(built.weight_files, first.manifest, allow_base_mismatch)
+    names = [f"{i}_{info.run_dir.name}" for i, info in enumerate(infos)]
+    model = PeftModel.from_pretrained(built.model, first.run_dir / "adapter", adapter_name=names[0])
+    for name, info in zip(names[1:], infos[1:]):
+        model.load_adapter(info.run_dir / "adapter", adapter_name=name)
+    model.eval()
+    return [AdapterView(info, task, model, processor, name) for name, info in zip(names, infos)]
+
+
+@dataclass
+class AdapterView(LoadedRun):
+    adapter_name: str = ""
+
+    def activate(self) -> None:
+        self.model.set_adapter(self.adapter_name)
+
+
+def _short(info: RunInfo) -> str:
+    files = info.manifest["base"]["files_sha256"]
+    return ", ".join(f"{k} {v[:12]}" for k, v in files.items()) or "no weight files"

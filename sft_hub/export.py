@@ -1,0 +1,90 @@
+"""Exporting a run: a merged standalone model folder, or the exact folder `sft-hub push` uploads.
+
+`export_merged` folds an adapter (or a head) into its base and writes an HF model folder (safetensors)
+that loads with the task's `AutoModelFor...` class alone, then checks its predictions against the
+adapter model. `assemble_upload` writes the upload folder: adapter or merged model, processor files,
+model card and manifest; never a token, never a pickle.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import PeftModel
+
+from sft_hub.errors import RunError
+from sft_hub.inference import LoadedRun, load_run, logits
+
+UPLOAD_SKIP = {"training_args.bin", "README.md"}
+
+
+def _check_rows(loaded: LoadedRun, n: int = 16):
+    recipe = loaded.info.recipe
+    data = loaded.task.load_data(recipe.data, int(recipe.training.get("seed", 42)))
+    split = data.splits[data.eval_splits[0]] if data.eval_splits else data.splits[data.train_split]
+    return split.select(range(min(n, len(split))))
+
+
+def merged_model(loaded: LoadedRun) -> torch.nn.Module:
+    model = loaded.model
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    return model
+
+
+def export_merged(run_dir: str | Path, out: str | Path, allow_base_mismatch: bool = False, check: bool = True) -> dict:
+    """Write a standalone merged model to `out`; returns {"out", "max_abs_diff"} (diff of logits vs the run)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise RunError(f"--out {out}: folder is not empty; choose a new folder")
+    loaded = load_run(run_dir, allow_base_mismatch=allow_base_mismatch)
+    rows = _check_rows(loaded) if check else None
+    before = logits(loaded, rows) if check else None
+    model = merged_model(loaded)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    loaded.task.save_processor(loaded.processor, out)
+    diff = None
+    if check:
+        import dataclasses
+
+        recipe = loaded.info.recipe
+        cfg = dataclasses.replace(recipe.model, name_or_path=str(out), revision=None)
+        standalone = loaded.task.build_model(cfg, loaded.labels).model.eval()
+        after = logits(LoadedRun(loaded.info, loaded.task, standalone, loaded.processor), rows)
+        diff = float(np.max(np.abs(after - before))) if len(before) else 0.0
+        if diff > 1e-4:
+            raise RunError(f"merged model in {out} predicts differently from the run (max |logit diff| {diff:.2e})")
+    return {"out": out, "max_abs_diff": diff}
+
+
+def assemble_upload(run_dir: str | Path, folder: str | Path, merged: bool = False) -> Path:
+    """The exact folder `push` uploads (also what `push --dry-run DIR` writes)."""
+    from sft_hub.hub import write_model_card
+    from sft_hub.runs import open_run
+
+    run_dir, folder = Path(run_dir), Path(folder)
+    info = open_run(run_dir)
+    if folder.exists() and any(folder.iterdir()):
+        raise RunError(f"{folder}: folder is not empty; choose a new folder")
+    if merged or info.manifest["saved_as"] == "head":
+        export_merged(run_dir, folder)
+    else:
+        source = run_dir / info.manifest["saved_as"]
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in source.iterdir():
+            if f.is_file() and f.name not in UPLOAD_SKIP:
+                shutil.copy2(f, folder / f.name)
+        for f in (run_dir / "processor").iterdir():
+            if f.is_file():
+                shutil.copy2(f, folder / f.name)
+    for name in ("manifest.json", "recipe.yaml", "eval_results.json"):
+        shutil.copy2(run_dir / name, folder / name)
+    write_model_card(folder, info.recipe, info.manifest, merged=merged or info.manifest["saved_as"] != "adapter")
+    pickles = [f.name for f in folder.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
+    if pickles:
+        raise RunError(f"refusing to upload pickle files: {', '.join(pickles)}")
+    return folder
