@@ -76,4 +76,8 @@ def limit(splits: DatasetDict, train: str, evals: list[str], max_train: int | No
     for name in evals:
         if max_eval is not None and max_eval < len(splits[name]):
             out[name] = splits[name].select(range(max_eval))
+    for name, ds in out.items():
+        if len(ds) == 0:
+            field = "max_train_samples" if name == train else "max_eval_samples"
+            raise DataError(f"data: split {name!r} is empty after subsetting (data.{field})")
     return DatasetDict(out)

@@ -167,8 +167,8 @@ def build_model(model: ModelConfig, labels: list[str] | None) -> BuiltModel:
     try:
         net, info = AutoModelForSequenceClassification.from_pretrained(
             source, revision=model.revision, trust_remote_code=model.trust_remote_code, output_loading_info=True, **kwargs)
-    except OSError as exc:
-        raise ConfigError(f"model.name_or_path: cannot load {model.name_or_path!r}: {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError) as exc:  # missing model; custom code refused without trust_remote_code
+        raise ConfigError(f"model.name_or_path: cannot load {model.name_or_path!r}: {str(exc).strip().splitlines()[0]}") from None
     head = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]}) or ["classifier"]
     return BuiltModel(net, _outermost(head), weight_files(source, model.revision), source, model.revision)
 
