@@ -169,10 +169,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet() -> None:
+    """Reloading a run is routine: no load reports for the re-attached head, no bars for a few rows."""
+    import datasets
+    import transformers
+
+    import warnings
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.command in ("eval", "predict", "export", "push"):
+        _quiet()
     try:
         args.func(args)
     except SftHubError as exc:
