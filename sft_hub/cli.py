@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("args", nargs="*", metavar="RUN_DIR INPUT", help="run dir then inputs (text: a sentence, or 'first ||| second' "
                    "for pair tasks; images/audio: file paths); with --adapter, inputs only")
     r.add_argument("--adapter", action="append", metavar="RUN_DIR", help="adapter run to apply (repeat: base loaded once)")
-    r.add_argument("--file", help="CSV/TSV/JSON/JSONL file of inputs (columns as in the recipe)")
+    r.add_argument("--file", help="inputs from a file: text runs read CSV/TSV/JSON/JSONL (columns as in the recipe); image and audio runs read a text file with one image/audio path per line")
     r.add_argument("--top-k", type=int, default=1)
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -35,11 +35,14 @@ def make_loss(regression: bool):
 
     def loss_fn(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        count = num_items_in_batch if num_items_in_batch is not None else labels.numel()
         if regression:
             total = F.mse_loss(logits.float().view(-1), labels.float().view(-1), reduction="sum")
+        elif labels.is_floating_point() and labels.shape == logits.shape:  # soft targets (mixup / cutmix)
+            total = -(labels.float() * F.log_softmax(logits.float(), dim=-1)).sum()
+            count = count / labels.size(-1)  # the Trainer counts every element of a [batch, classes] label
         else:
             total = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1), reduction="sum")
-        count = num_items_in_batch if num_items_in_batch is not None else labels.numel()
         return total / count
 
     return loss_fn

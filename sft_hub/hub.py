@@ -37,13 +37,17 @@ def _eval_results(recipe, manifest: dict) -> list[EvalResult]:
     return out
 
 
+def _from_scratch(manifest: dict) -> bool:
+    return manifest["base"].get("resolved") in ("config", "base")
+
+
 def card_data(recipe, manifest: dict, merged: bool = False) -> ModelCardData:
-    base = manifest["base"]["name_or_path"]
+    base = manifest["base"]["name_or_path"] or ""
     adapter = manifest["saved_as"] == "adapter" and not merged
     dataset = _dataset_id(recipe)
     results = _eval_results(recipe, manifest)
     return ModelCardData(
-        base_model=base if "/" in base and not Path(base).exists() and not base.startswith("embedded/") else None,
+        base_model=base if "/" in base and not Path(base).exists() and not base.startswith("embedded/") and not _from_scratch(manifest) else None,
         library_name="peft" if adapter else "transformers",
         pipeline_tag=PIPELINE_TAGS.get(recipe.task),
         license="apache-2.0",
@@ -59,6 +63,9 @@ def _how_to_load(recipe, manifest: dict, merged: bool) -> str:
     task_class = {"text_classification": "AutoModelForSequenceClassification",
                   "image_classification": "AutoModelForImageClassification",
                   "audio_classification": "AutoModelForAudioClassification"}[recipe.task]
+    if manifest["saved_as"] == "adapter" and not merged and _from_scratch(manifest):
+        return ("This adapter sits on a base trained from scratch that lives in the run directory (`base/`), not on the Hub: "
+                "load it with `sft-hub predict RUN_DIR ...`, or publish a standalone model with `sft-hub push RUN_DIR --merged`.")
     if manifest["saved_as"] == "adapter" and not merged:
         return (f"```python\nfrom peft import PeftModel\nfrom transformers import {task_class}\n\n"
                 f"base = {task_class}.from_pretrained(\"{manifest['base']['name_or_path']}\", num_labels={len(manifest['labels'] or [0])})\n"
@@ -69,6 +76,10 @@ def _how_to_load(recipe, manifest: dict, merged: bool) -> str:
 
 def render_card(recipe, manifest: dict, merged: bool = False) -> ModelCard:
     data = card_data(recipe, manifest, merged)
+    origin = (f"Trained from scratch (`{manifest['base']['name_or_path']}`, no pretrained weights)" if _from_scratch(manifest)
+              else f"Fine-tuned from `{manifest['base']['name_or_path']}`")
+    fingerprint = ("The base weights were fingerprinted before and\nafter training and left unchanged (sha256 of its weight files in `manifest.json`)."
+                   if manifest["base"].get("files_sha256") else "")
     metrics = "\n".join(f"| {split} | {k} | {v:.4f} |" for split, vals in manifest["metrics"].items()
                         for k, v in vals.items() if isinstance(v, float) and not k.endswith(("_runtime", "_per_second")))
     text = f"""---
@@ -77,10 +88,9 @@ def render_card(recipe, manifest: dict, merged: bool = False) -> ModelCard:
 
 # {data.model_name}
 
-Fine-tuned with sft-hub from `{manifest['base']['name_or_path']}` for {recipe.task.replace('_', ' ')}
+{origin} with sft-hub for {recipe.task.replace('_', ' ')}
 with the **{manifest['strategy']['name']}** strategy ({manifest['parameters']['trainable']:,} of
-{manifest['parameters']['total']:,} parameters trained). The base weights were fingerprinted before and
-after training and left unchanged (sha256 of its weight files in `manifest.json`).
+{manifest['parameters']['total']:,} parameters trained). {fingerprint}
 
 Labels: {', '.join(manifest['labels']) if manifest['labels'] else 'regression (one output)'}
 

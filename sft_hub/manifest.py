@@ -9,7 +9,7 @@ from typing import Any
 
 from sft_hub import __version__
 
-LIBRARIES = ("torch", "transformers", "datasets", "accelerate", "peft", "timm", "safetensors", "huggingface_hub")
+LIBRARIES = ("torch", "transformers", "datasets", "accelerate", "peft", "timm", "safetensors", "huggingface_hub", "torchcodec", "soundfile")
 
 
 def library_versions() -> dict[str, str]:

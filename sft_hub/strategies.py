@@ -1,7 +1,7 @@
 """What to fine-tune: freezing, PEFT wrapping, and saving/loading exactly what a strategy learned.
 
 Strategies (one entry each in `STRATEGIES`; add new ones here):
-- `full`:  every parameter trains; the whole model is saved (`model/`).
+- `full`:  every parameter the task leaves trainable trains; the whole model is saved (`model/`).
 - `head`:  the backbone is frozen, only the task's new head trains; the head is saved (`head/`).
 - `lora`:  peft LoRA on the backbone (any `LoraConfig` field passes through), the new head in
            `modules_to_save`; the adapter folder is saved (`adapter/`).
@@ -84,8 +84,7 @@ def _keep_frozen_batchnorm_in_eval(model: nn.Module) -> None:
 
 def apply_strategy(model: nn.Module, strategy: StrategyConfig, head_modules: list[str], lora_targets: Any) -> nn.Module:
     """Freeze / wrap `model` for the strategy; returns the model the Trainer trains."""
-    if strategy.name == "full":
-        model.requires_grad_(True)
+    if strategy.name == "full":  # everything the task left trainable (a task may freeze e.g. an audio feature encoder)
         return model
     if strategy.name == "head":
         model.requires_grad_(False)

@@ -39,6 +39,9 @@ def _translate_renamed(raw: dict[str, Any]) -> dict[str, Any]:
         raw.setdefault("train_sampling_strategy", "group_by_length")
     if "warmup_ratio" in raw:
         raw.setdefault("warmup_steps", float(raw.pop("warmup_ratio")))
+    for key, value in raw.items():  # YAML 1.1 reads a bare `no` as false: `save_strategy: no` means "no"
+        if key.endswith("_strategy") and value is False:
+            raw[key] = "no"
     return raw
 
 
@@ -78,6 +81,8 @@ def build_training_args(training: dict[str, Any], run_dir: Path, **defaults: Any
         **training,
     }
     kwargs = {k: v for k, v in kwargs.items() if k in _FIELDS}
+    if not kwargs.get("dataloader_num_workers"):  # persistent workers need workers; a CPU override to 0 must not fail
+        kwargs["dataloader_persistent_workers"] = False
     kwargs["output_dir"] = str(run_dir / "checkpoints")
     try:
         return TrainingArguments(**kwargs)
