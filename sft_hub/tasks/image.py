@@ -31,6 +31,7 @@ from sft_hub.tasks.base import BuiltModel, TaskData
 
 BUILTIN = ("digits",)
 PROCESSOR_FILE = "image_processor.json"
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 # Default LoRA targets: the convs inside ResNet blocks (the reference family) and the block layers of
 # ConvNeXt, EfficientNet and ViT. Stems, downsample paths and depthwise convs are left frozen; the
 # classifier is the new head (saved whole). Other families: give `strategy.target_modules`.
@@ -66,6 +67,8 @@ class ModelConfig:
                 raise ConfigError(f"{where}.weights_file: weights are read from safetensors only, got {self.weights_file}")
         if self.image_size is not None and self.image_size < 8:
             raise ConfigError(f"{where}.image_size: must be >= 8, got {self.image_size}")
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"{where}.interpolation: {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
         if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
             raise ConfigError(f"{where}.crop_pct: must be in (0, 1], got {self.crop_pct}")
         for key in ("mean", "std"):
@@ -111,8 +114,6 @@ class DataConfig:
             raise ConfigError(f"{where}: give exactly one of folder, builtin or dataset (got {sources or 'none'})")
         if self.builtin and self.builtin not in BUILTIN:
             raise ConfigError(f"{where}.builtin: unknown built-in data '{self.builtin}' (known: {', '.join(BUILTIN)})")
-        if self.folder and not Path(self.folder).is_dir():
-            raise ConfigError(f"{where}.folder: folder {self.folder} not found")
         if self.validation_fraction is not None and not 0 < self.validation_fraction < 1:
             raise ConfigError(f"{where}.validation_fraction: must be between 0 and 1, got {self.validation_fraction}")
         for key in ("scale", "ratio"):
@@ -125,8 +126,8 @@ class DataConfig:
         for key in ("mixup", "cutmix", "color_jitter"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{where}.{key}: must be >= 0, got {getattr(self, key)}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"{where}.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.label_smoothing < 1 or self.label_smoothing and not (self.mixup or self.cutmix):
+            raise ConfigError(f"{where}.label_smoothing: in [0, 1) and only with mixup or cutmix (soft labels), got {self.label_smoothing}")
         if self.on_bad_image == "skip" and not self.verify_images:
             raise ConfigError(f"{where}.on_bad_image: skip needs verify_images: true (bad images are found and counted up front)")
         if self.auto_augment:
@@ -177,17 +178,15 @@ class ImageProcessor:
     data_config: dict[str, Any]
     channels_last: bool = False
 
-    def eval_transform(self):
-        return create_transform(**self.data_config, is_training=False)
-
-    def train_transform(self, data: DataConfig):
-        if data.no_aug:
-            return self.eval_transform()
+    def transform(self, data: DataConfig | None = None):
+        """timm's train (with `data`) or eval transform, ending in a uint8 tensor: the collator normalises whole batches."""
         cfg = self.data_config
+        if data is None or data.no_aug:
+            return create_transform(**cfg, is_training=False, use_prefetcher=True)
         return create_transform(
             cfg["input_size"], is_training=True, scale=data.scale, ratio=data.ratio, hflip=data.hflip, vflip=data.vflip,
             color_jitter=data.color_jitter, auto_augment=data.auto_augment, interpolation=cfg["interpolation"],
-            mean=cfg["mean"], std=cfg["std"], re_prob=data.re_prob)
+            mean=cfg["mean"], std=cfg["std"], use_prefetcher=True)
 
 
 def _timm_pretrained_cfg(model: ModelConfig) -> dict[str, Any]:
@@ -229,71 +228,24 @@ def save_processor(processor: ImageProcessor, path: Path) -> None:
     (path / PROCESSOR_FILE).write_text(json.dumps({"format": "sft-hub-image-processor/1", **asdict(processor)}, indent=2) + "\n")
 
 
-class ImageTransform:
-    """`with_transform` callable: decode each image (RGB) and apply a torchvision transform; picklable for workers."""
-
-    def __init__(self, transform: Any, mix_classes: int | None = None):
-        self.transform, self.mix_classes = transform, mix_classes
-
-    def __call__(self, batch: dict) -> dict:
-        pixels = []
-        for item in batch["image"]:
-            try:
-                img = image_data.open_rgb(item)
-            except Exception as exc:
-                raise DataError(f"image {image_data.image_name(item)}: cannot read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-            pixels.append(self.transform(img))
-        out: dict[str, list] = {"pixel_values": pixels}
-        if "labels" in batch:
-            out["labels"] = batch["labels"]
-            if self.mix_classes:
-                out["mix_classes"] = [self.mix_classes] * len(pixels)
-        return out
-
-
 def encode(splits: DatasetDict, processor: ImageProcessor, data: DataConfig, model: ModelConfig, train_split: str | None) -> DatasetDict:
+    """Decode and transform on the fly (`with_transform`): nothing is written to disk; train rows get augmentation."""
     out = {}
     for name, ds in splits.items():
         if name == train_split:
-            mixing = (data.mixup > 0 or data.cutmix > 0) and "labels" in ds.features
-            classes = ds.features["labels"].num_classes if mixing and isinstance(ds.features["labels"], ClassLabel) else None
-            out[name] = ds.with_transform(ImageTransform(processor.train_transform(data), classes))
+            feature = ds.features.get("labels")
+            classes = feature.num_classes if isinstance(feature, ClassLabel) else 0
+            out[name] = ds.with_transform(image_data.DecodeTransform(processor.transform(data), train_classes=classes))
         else:
-            out[name] = ds.with_transform(ImageTransform(processor.eval_transform()))
+            out[name] = ds.with_transform(image_data.DecodeTransform(processor.transform()))
     return DatasetDict(out)
 
 
-def collator(processor: ImageProcessor, data: DataConfig):
-    mixer = None
-    if data.mixup > 0 or data.cutmix > 0:
-        from timm.data import Mixup
-
-        mixer = Mixup(mixup_alpha=data.mixup, cutmix_alpha=data.cutmix, prob=data.mixup_prob, label_smoothing=data.label_smoothing)
-
-    def collate(features: list[dict]) -> dict:
-        pixels = torch.stack([f["pixel_values"] for f in features])
-        batch: dict[str, torch.Tensor] = {}
-        if features[0].get("labels") is not None:
-            labels = torch.tensor([f["labels"] for f in features], dtype=torch.long)
-            if mixer is not None and features[0].get("mix_classes"):  # training rows only: eval stays unmixed
-                pixels, labels = _mix(mixer, pixels, labels, features[0]["mix_classes"])
-            batch["labels"] = labels
-        batch["pixel_values"] = pixels.contiguous(memory_format=torch.channels_last) if processor.channels_last else pixels
-        return batch
-
-    return collate
-
-
-def _mix(mixer: Any, pixels: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """timm Mixup/CutMix -> (mixed images, soft labels [batch, classes]); an odd last row stays unmixed."""
-    from timm.data.mixup import mixup_target
-
-    mixer.num_classes = num_classes
-    even = len(pixels) - len(pixels) % 2
-    soft = mixup_target(labels, num_classes, 1.0, mixer.label_smoothing)
-    if even >= 2:
-        pixels[:even], soft[:even] = mixer(pixels[:even], labels[:even])
-    return pixels, soft
+def collator(processor: ImageProcessor, data: DataConfig) -> image_data.Collator:
+    cfg = processor.data_config
+    mixup = {"mixup_alpha": data.mixup, "cutmix_alpha": data.cutmix, "prob": data.mixup_prob, "label_smoothing": data.label_smoothing}
+    return image_data.Collator(cfg["mean"], cfg["std"], processor.channels_last, data.re_prob,
+                               mixup if data.mixup > 0 or data.cutmix > 0 else None)
 
 
 def _head_modules(net: TimmWrapperForImageClassification) -> list[str]:
@@ -329,14 +281,26 @@ def _load_weights_file(net: TimmWrapperForImageClassification, path: str, head: 
     net.timm_model.load_state_dict(keep, strict=False)
 
 
+def _to_channels_last(net: torch.nn.Module) -> None:
+    """NHWC weights; 1x1 kernels keep plain strides (same memory either way) so flat byte views of them still work."""
+    net.to(memory_format=torch.channels_last)
+    for p in net.parameters():
+        if p.dim() == 4 and p.shape[-2:] == (1, 1) and p.stride(-1) != 1:
+            p.data = torch.empty_like(p.data, memory_format=torch.contiguous_format).copy_(p.data)
+
+
 def build_model(model: ModelConfig, labels: list[str] | None) -> BuiltModel:
     if labels is None:
         raise ConfigError("task: image_classification predicts classes; regression labels are not supported")
     kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
-    kind = source_kind(model.name_or_path)
+    kind, pretrained_cfg = source_kind(model.name_or_path), _timm_pretrained_cfg(model)
+    fixed = pretrained_cfg.get("input_size", (0, 0, 0))[-1] if pretrained_cfg.get("fixed_input_size") else None
+    if kind != "arch" and model.image_size and fixed and model.image_size != fixed:
+        raise ConfigError(f"model.image_size: {model.name_or_path} was trained at a fixed {fixed} px (position embeddings); "
+                          f"leave image_size unset or train the architecture from scratch")
     if kind == "arch":
-        pretrained_cfg, args = _timm_pretrained_cfg(model), dict(model.model_args or {})
-        if model.image_size and pretrained_cfg.get("fixed_input_size"):  # ViT-like: position embeddings follow the size
+        args = dict(model.model_args or {})
+        if model.image_size and fixed:  # ViT-like: position embeddings follow the size
             args.setdefault("img_size", model.image_size)
         config = TimmWrapperConfig(architecture=model.name_or_path, model_args=args or None, **kwargs)
         config.pretrained_cfg = {**pretrained_cfg, **resolved_data_config(model)}  # AutoImageProcessor reads it
@@ -350,15 +314,20 @@ def build_model(model: ModelConfig, labels: list[str] | None) -> BuiltModel:
             config = TimmWrapperConfig.from_pretrained(model.name_or_path, revision=model.revision, **kwargs)
             # timm >= 1.0.2x records num_classes in model_args; the wrapper passes num_labels itself
             config.model_args = {k: v for k, v in {**(config.model_args or {}), **(model.model_args or {})}.items() if k != "num_classes"} or None
-            net = TimmWrapperForImageClassification.from_pretrained(model.name_or_path, config=config, revision=model.revision,
-                                                                    ignore_mismatched_sizes=True)
+            net, info = TimmWrapperForImageClassification.from_pretrained(
+                model.name_or_path, config=config, revision=model.revision, ignore_mismatched_sizes=True, output_loading_info=True)
         except (OSError, ValueError, ImportError) as exc:
             raise ConfigError(f"model.name_or_path: cannot load {model.name_or_path!r}: {str(exc).splitlines()[0]}") from None
+        heads = tuple(h + "." for h in _head_modules(net))
+        fresh = [k for k in [*info["missing_keys"], *(m[0] for m in info["mismatched_keys"])] if not k.startswith(heads)]
+        if fresh:  # only the classifier may start from scratch (e.g. a ViT at another image_size would lose its position embeddings)
+            raise ConfigError(f"model: {model.name_or_path} does not fit {config.architecture} with these settings: "
+                              f"{sorted(fresh)[0]} would be newly initialised ({len(fresh)} weights in all)")
         files, source = weight_files(model.name_or_path, model.revision), model.name_or_path
-    if kind != "arch":  # keep the data config (with this recipe's overrides) in config.json for AutoImageProcessor
+        # keep the data config (with this recipe's overrides) in config.json: AutoImageProcessor reads it
         net.config.pretrained_cfg = {**(getattr(net.config, "pretrained_cfg", None) or {}), **resolved_data_config(model)}
     if model.channels_last:
-        net = net.to(memory_format=torch.channels_last)
+        _to_channels_last(net)
     return BuiltModel(net, _head_modules(net), files, source, model.revision)
 
 

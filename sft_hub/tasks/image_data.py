@@ -1,10 +1,11 @@
-"""Image sources and checks for the image task: class folders, sklearn's digits, Hub datasets; decoding.
+"""The image task's data: sources (class folders, sklearn's digits, Hub datasets), checks, and batching.
 
 Every source yields splits with an `image` column (`datasets.Image(decode=False)`: a path, or bytes
-plus a display name) and a `raw_label` column. Images are decoded on the fly by `open_rgb`, which turns
-grayscale, palette, 16-bit and alpha images into RGB; `check_images` decodes every image once up front
-so that an unreadable or truncated file is an error naming the file (or, on request, skipped and
-counted, never silently).
+plus a display name) and a `raw_label` column. `check_images` decodes every image once up front so that
+an unreadable or truncated file is an error naming the file (or, on request, skipped and counted, never
+silently). Training decodes on the fly: `DecodeTransform` (grayscale, palette, 16-bit and alpha images
+become RGB; timm's transform yields uint8) and `Collator` (normalises a whole batch at once, as timm's
+prefetcher does; random erasing and mixup/cutmix with soft labels on training batches).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from datasets import Dataset, DatasetDict, Features, Image as ImageFeature, Value
 from PIL import Image, ImageOps
 
@@ -53,6 +56,75 @@ def open_rgb(item: dict, draft: bool = False) -> Image.Image:
         canvas = Image.new("RGBA", img.size, (255, 255, 255, 255))
         return Image.alpha_composite(canvas, img).convert("RGB")
     return img.convert("RGB")
+
+
+class DecodeTransform:
+    """`Dataset.with_transform` callable (picklable for DataLoader workers): image items -> uint8 CHW tensors.
+
+    Rows of the training split carry `train_classes` (the number of classes), which tells the collator to augment.
+    """
+
+    def __init__(self, transform: Any, train_classes: int | None = None):
+        self.transform, self.train_classes = transform, train_classes
+
+    def __call__(self, batch: dict) -> dict:
+        pixels = []
+        for item in batch["image"]:
+            try:
+                img = open_rgb(item)
+            except Exception as exc:
+                raise DataError(f"image {image_name(item)}: cannot read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            pixels.append(self.transform(img))
+        out: dict[str, list] = {"pixel_values": pixels}
+        if "labels" in batch:
+            out["labels"] = batch["labels"]
+            if self.train_classes is not None:
+                out["train_classes"] = [self.train_classes] * len(pixels)
+        return out
+
+
+class Collator:
+    """uint8 images -> a normalised float batch (+ `labels`); training batches get random erasing and mixup/cutmix."""
+
+    def __init__(self, mean: tuple, std: tuple, channels_last: bool, re_prob: float = 0.0, mixup: dict | None = None):
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255
+        self.channels_last = channels_last
+        self.eraser = None
+        if re_prob > 0:
+            from timm.data.random_erasing import RandomErasing
+
+            self.eraser = RandomErasing(re_prob, mode="pixel", device="cpu")
+        self.mixer = None
+        if mixup:
+            from timm.data import Mixup
+
+            self.mixer = Mixup(**mixup)
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        pixels = torch.stack([f["pixel_values"] for f in features]).float().sub_(self.mean).div_(self.std)
+        batch: dict[str, torch.Tensor] = {}
+        train = features[0].get("train_classes") is not None
+        if self.eraser is not None and train:
+            pixels = self.eraser(pixels)
+        if features[0].get("labels") is not None:
+            labels = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+            if self.mixer is not None and train:
+                pixels, labels = self._mix(pixels, labels, features[0]["train_classes"])
+            batch["labels"] = labels
+        batch["pixel_values"] = pixels.contiguous(memory_format=torch.channels_last) if self.channels_last else pixels
+        return batch
+
+    def _mix(self, pixels: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Soft labels [batch, classes] (timm's Mixup needs an even batch: an odd last row stays unmixed)."""
+        from timm.data.mixup import mixup_target
+
+        self.mixer.num_classes = num_classes
+        soft = mixup_target(labels, num_classes, 1.0, self.mixer.label_smoothing)
+        even = len(pixels) - len(pixels) % 2
+        if even >= 2:
+            pixels[:even], soft[:even] = self.mixer(pixels[:even], labels[:even])
+        return pixels, soft
 
 
 def _problem(item: dict) -> str | None:
