@@ -1,0 +1,224 @@
+"""Audio data for the speech task: finding clips, checking every file, and decoding through `datasets`' `Audio`.
+
+Sources (one per recipe): a Hub dataset, a local `audiofolder` (class folders or a metadata file), or a
+folder of files whose label is in the file name (`label_regex`) with splits chosen by `split_regex`.
+Every source becomes splits with an `audio` column (`Audio(decode=False)`: a path or bytes, never decoded
+here) and a `raw_label` column. `check_files` opens every clip's header once: an empty, unreadable or
+sample-less file is an error naming the file, or is skipped and counted when `on_bad_file: skip`.
+`decode` turns one clip into mono float32 at the feature extractor's rate: torchcodec (FFmpeg) decodes
+and resamples through `datasets.Audio(sampling_rate=...)`; channels are averaged.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import Audio, Dataset, DatasetDict, load_dataset
+
+from sft_hub.errors import ConfigError, DataError
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aiff", ".aif", ".webm")
+FFMPEG_HINT = "audio decoding needs torchcodec and FFmpeg: pip install 'sft-hub[audio]' and install FFmpeg (apt-get install ffmpeg)"
+MAX_LISTED = 20  # skipped file names kept in the manifest's data_info
+
+
+def _decoder_class():
+    try:
+        from torchcodec.decoders import AudioDecoder
+    except (ImportError, RuntimeError, OSError) as exc:  # torchcodec raises RuntimeError when FFmpeg is missing
+        raise DataError(f"{FFMPEG_HINT} ({str(exc).splitlines()[0][:200]})") from None
+    return AudioDecoder
+
+
+def name_of(value: Any) -> str:
+    """A clip's name for messages: its path (embedded Hub audio may have none)."""
+    if isinstance(value, dict):
+        return value.get("path") or "<embedded audio bytes>"
+    return str(getattr(getattr(value, "metadata", None), "path", None) or value)
+
+
+def from_hub(data: Any) -> DatasetDict:
+    try:
+        raw = load_dataset(data.dataset, data.dataset_config, data_dir=data.data_dir, revision=data.dataset_revision)
+    except Exception as exc:  # offline, unknown id, script datasets: one line naming the dataset
+        raise DataError(f"data.dataset: cannot load {data.dataset!r}: {str(exc).splitlines()[0]}") from None
+    return _select_columns(raw, data, f"dataset {data.dataset}")
+
+
+def from_audiofolder(data: Any) -> DatasetDict:
+    folder = _existing_dir(data.data_dir)
+    try:
+        raw = load_dataset("audiofolder", data_dir=str(folder))
+    except Exception as exc:
+        raise DataError(f"data.data_dir: cannot read {folder} as an audiofolder: {str(exc).splitlines()[0]}") from None
+    return _select_columns(raw, data, f"audiofolder {folder}")
+
+
+def from_filenames(data: Any, train_split: str) -> DatasetDict:
+    """Files under data_dir matching `file_glob`; label from `label_regex`, split from `split_regex` (else train)."""
+    folder = _existing_dir(data.data_dir)
+    files = sorted(p for p in folder.glob(data.file_glob) if p.is_file())
+    if not files:
+        raise DataError(f"data.file_glob: no files match {data.file_glob!r} in {folder}")
+    label_re = re.compile(data.label_regex)
+    split_res = {name: re.compile(rx) for name, rx in (data.split_regex or {}).items()}
+    rows: dict[str, dict[str, list]] = {}
+    for path in files:
+        match = label_re.search(path.name)
+        if not match:
+            raise DataError(f"data.label_regex: file {path} does not match {data.label_regex!r}")
+        label = match.group("label") if "label" in label_re.groupindex else match.group(1 if label_re.groups else 0)
+        splits = [name for name, rx in split_res.items() if rx.search(path.name)]
+        if len(splits) > 1:
+            raise DataError(f"data.split_regex: file {path} matches the patterns of several splits ({', '.join(splits)})")
+        split = rows.setdefault(splits[0] if splits else train_split, {"audio": [], "raw_label": []})
+        split["audio"].append(str(path.resolve()))
+        split["raw_label"].append(label)
+    for name in split_res:
+        if name not in rows:
+            raise DataError(f"data.split_regex.{name}: no file in {folder} matches {data.split_regex[name]!r}")
+    out = {name: Dataset.from_dict(cols).cast_column("audio", Audio(decode=False)) for name, cols in rows.items()}
+    return DatasetDict(out)
+
+
+def check_patterns(data: Any, where: str) -> None:
+    """Every regular expression of a filenames source compiles (a config error naming the field otherwise)."""
+    patterns = {"label_regex": data.label_regex, **{f"split_regex.{k}": v for k, v in (data.split_regex or {}).items()}}
+    for key, pattern in patterns.items():
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"{where}.{key}: invalid regular expression {pattern!r}: {exc}") from None
+
+
+def _existing_dir(path: str | None) -> Path:
+    folder = Path(path or "")
+    if not path or not folder.is_dir():
+        raise DataError(f"data.data_dir: folder {path} not found")
+    return folder
+
+
+def _select_columns(raw: DatasetDict, data: Any, origin: str) -> DatasetDict:
+    out = {}
+    for split, ds in raw.items():
+        for col, key in ((data.audio_column, "audio_column"), (data.label_column, "label_column")):
+            if col not in ds.column_names:
+                raise DataError(f"data.{key}: column {col!r} not in {origin} split '{split}'; columns are {', '.join(ds.column_names)}")
+        ds = ds.select_columns([data.audio_column, data.label_column])
+        ds = ds.rename_columns({data.audio_column: "audio", data.label_column: "raw_label"})
+        if not isinstance(ds.features["audio"], Audio):
+            raise DataError(f"data.audio_column: column {data.audio_column!r} of {origin} holds {ds.features['audio']}, not audio")
+        out[split] = ds.cast_column("audio", Audio(decode=False))
+    return DatasetDict(out)
+
+
+def probe(value: dict) -> tuple[str | None, int | None, float | None]:
+    """(problem or None, sampling rate, duration in s) from a clip's header, without decoding the samples.
+
+    libsndfile reads WAV/FLAC/OGG/MP3 headers ~10x faster than opening an FFmpeg decoder; formats it does not
+    know (or files it rejects) go to torchcodec, which has the last word, as it decodes them later.
+    """
+    path, data = value.get("path"), value.get("bytes")
+    if data is None and path and os.path.isfile(path) and os.path.getsize(path) == 0 or data is not None and len(data) == 0:
+        return "empty file (0 bytes)", None, None
+    try:
+        import soundfile
+
+        info = soundfile.info(io.BytesIO(data) if data is not None else path)
+        rate, duration = info.samplerate, info.frames / info.samplerate if info.samplerate else 0.0
+    except Exception:
+        try:
+            meta = _decoder_class()(data if data is not None else path).metadata
+        except DataError:
+            raise
+        except Exception as exc:
+            return f"cannot decode: {_reason(exc, path)}", None, None
+        rate = meta.sample_rate
+        duration = meta.duration_seconds_from_header if meta.duration_seconds_from_header is not None else meta.duration_seconds
+    if not rate:
+        return "no sampling rate in the file's header", None, None
+    if not duration or duration <= 0:
+        return "no audio samples", int(rate), None
+    return None, int(rate), float(duration)
+
+
+def _reason(exc: Exception, path: str | None) -> str:
+    """FFmpeg's own words, without torchcodec's source location or a repeat of the path."""
+    text = re.sub(r"^.*?\.cpp:\d+, ", "", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return (text.replace(f": {path} ", ": ").replace(str(path), "") if path else text)[:200]
+
+
+def check_files(splits: DatasetDict, on_bad_file: str) -> tuple[DatasetDict, dict[str, Any]]:
+    """Open every clip's header once; raise on the first bad file, or drop bad files and count them."""
+    def probe_batch(batch: dict) -> dict:
+        found = [probe(v) for v in batch["audio"]]
+        return {"_problem": [f[0] or "" for f in found], "_rate": [f[1] or 0 for f in found], "_seconds": [f[2] or 0.0 for f in found]}
+
+    out, skipped, rates, seconds = {}, [], Counter(), []
+    for name, ds in splits.items():
+        probed = ds.map(probe_batch, batched=True, desc=f"checking audio files ({name})")
+        bad = [i for i, p in enumerate(probed["_problem"]) if p]
+        if bad and on_bad_file == "error":
+            i = bad[0]
+            more = f" ({len(bad) - 1} more bad files; data.on_bad_file: skip drops and counts them)" if len(bad) > 1 else " (data.on_bad_file: skip drops and counts such files)"
+            raise DataError(f"audio file {name_of(ds[i]['audio'])} (split '{name}'): {probed[i]['_problem']}{more}")
+        skipped += [f"{name_of(ds[i]['audio'])}: {probed[i]['_problem']}" for i in bad]
+        keep = probed.filter(lambda p: not p, input_columns="_problem") if bad else probed
+        rates.update(r for r in keep["_rate"])
+        seconds += keep["_seconds"]
+        out[name] = keep.remove_columns(["_problem", "_rate", "_seconds"])
+    info: dict[str, Any] = {"sampling_rates": {str(r): n for r, n in sorted(rates.items())}, "skipped_files": len(skipped)}
+    if seconds:
+        info["clip_seconds"] = {"min": round(min(seconds), 3), "mean": round(float(np.mean(seconds)), 3), "max": round(max(seconds), 3)}
+    if skipped:
+        info["skipped"] = skipped[:MAX_LISTED]
+    return DatasetDict(out), info
+
+
+def decode(value: Any, sampling_rate: int) -> tuple[np.ndarray, int]:
+    """(mono float32 samples at `sampling_rate`, the file's own rate): FFmpeg resamples when they differ."""
+    if isinstance(value, str):
+        value = {"path": value, "bytes": None}
+    _decoder_class()
+    try:
+        audio = Audio(sampling_rate=sampling_rate).decode_example(value)
+        array = audio["array"]  # datasets averages the channels: stereo -> mono
+        source_rate = int(audio.metadata.sample_rate)
+    except Exception as exc:
+        raise DataError(f"audio file {name_of(value)}: cannot decode: {_reason(exc, value.get('path'))}") from None
+    if array.size == 0:
+        raise DataError(f"audio file {name_of(value)}: no audio samples")
+    return np.asarray(array, dtype=np.float32), source_rate
+
+
+def list_inputs(values: list[str], file: Path | None) -> list[str]:
+    """Clip paths to predict: arguments (files or folders of audio files) and/or a text file listing one per line."""
+    paths: list[Path] = [Path(v) for v in values]
+    if file is not None:
+        if not file.is_file():
+            raise DataError(f"--file {file}: not found")
+        lines = [ln.strip() for ln in file.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        paths += [p if p.is_absolute() else file.parent / p for p in map(Path, lines)]
+    out = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                raise DataError(f"input {p}: folder holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
+            out += [str(f) for f in found]
+        elif p.is_file():
+            out.append(str(p))
+        else:
+            raise DataError(f"input {p}: audio file not found")
+    for path in out:
+        problem = probe({"path": path, "bytes": None})[0]
+        if problem:
+            raise DataError(f"audio file {path}: {problem}")
+    return out
