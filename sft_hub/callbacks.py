@@ -52,6 +52,18 @@ class MetricsLog(TrainerCallback):
                 fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
+class EpochSeeds(TrainerCallback):
+    """Tells the training data's random augmentation which epoch it is in (see tasks/seeding.py)."""
+
+    def __init__(self, targets: list, seed: int):
+        self.targets, self.seed = targets, seed
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        epoch = int(state.epoch or 0)  # whole epochs done; a run resumed mid-epoch is still in that epoch
+        for target in self.targets:
+            target.set_epoch(epoch, self.seed)
+
+
 class GracefulStop(TrainerCallback):
     def __init__(self):
         self.requested = False

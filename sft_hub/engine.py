@@ -18,7 +18,7 @@ from transformers import Trainer, set_seed
 
 from sft_hub import runs
 from sft_hub.base_model import files_sha256, tensors_sha256
-from sft_hub.callbacks import CompleteCheckpoints, GracefulStop, MetricsLog, NonFiniteGuard
+from sft_hub.callbacks import CompleteCheckpoints, EpochSeeds, GracefulStop, MetricsLog, NonFiniteGuard
 from sft_hub.config import Recipe
 from sft_hub.errors import RunError
 from sft_hub.hub import write_model_card
@@ -74,16 +74,18 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
     eval_sets = {name: encoded[name] for name in data.eval_splits}
     guard = NonFiniteGuard(make_loss(data.is_regression), recipe.engine.nonfinite_loss, recipe.engine.max_nonfinite_skips)
     stop = GracefulStop()
+    collator = task.collator(processor, recipe.data)
+    seeded = [t for t in (collator, encoded[data.train_split].format["format_kwargs"].get("transform")) if hasattr(t, "set_epoch")]
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=encoded[data.train_split],
         eval_dataset=(eval_sets if len(eval_sets) > 1 else next(iter(eval_sets.values()), None)),
-        data_collator=task.collator(processor, recipe.data),
+        data_collator=collator,
         compute_metrics=task.metrics(recipe.data, data.labels),
         compute_loss_func=guard,
         processing_class=processor if hasattr(processor, "model_input_names") else None,
-        callbacks=[CompleteCheckpoints(run_dir, keep), MetricsLog(run_dir / runs.METRICS_LOG), stop],
+        callbacks=[CompleteCheckpoints(run_dir, keep), MetricsLog(run_dir / runs.METRICS_LOG), stop, EpochSeeds(seeded, seed)],
     )
     guard.state = trainer.state
     if checkpoint:

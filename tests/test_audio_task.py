@@ -137,7 +137,7 @@ def test_encode_caches_whole_clips_for_eval_and_crops_training_in_the_collator(c
     data = audio.load_data(data_c, 0)
     fe = audio.load_processor(model_c)
     enc = audio.encode(data.splits, fe, data_c, model_c, data.train_split)
-    assert enc["train"].column_names == ["labels", "waveform"] and "input_values" in enc["test"].column_names
+    assert enc["train"].column_names == ["labels", "waveform", "_row"] and "input_values" in enc["test"].column_names
     collate = audio.collator(fe, data_c)
     train = collate([enc["train"][i] for i in range(4)])
     assert set(train) == {"input_values", "labels"} and train["input_values"].shape == (4, 1600)

@@ -30,7 +30,9 @@ from sft_hub.errors import ConfigError, DataError
 from sft_hub.metrics import make_compute_metrics
 from sft_hub.tasks import audio_data
 from sft_hub.tasks import labels as label_utils
+from sft_hub.tasks import seeding
 from sft_hub.tasks.base import BuiltModel, TaskData
+from sft_hub.tasks.seeding import ROW, SampleSeeds
 
 log = logging.getLogger("sft_hub")
 # LoRA's default targets: the attention projections (q/k/v_proj in wav2vec2, HuBERT, Whisper and AST in
@@ -214,7 +216,8 @@ def encode(splits: DatasetDict, processor: Any, data: DataConfig, model: ModelCo
                              "_rate": Value("int32")})
         mapped = ds.map(fn, batched=True, batch_size=64, remove_columns=["audio"], features=features, desc=f"{what} ({split})")
         resampled.update(r for r in mapped["_rate"] if r != rate)
-        out[split] = mapped.remove_columns("_rate").with_format("numpy")
+        mapped = mapped.remove_columns("_rate")
+        out[split] = (seeding.with_rows(mapped) if crop else mapped).with_format("numpy")  # crops drawn per (seed, epoch, row)
     for source_rate, n in sorted(resampled.items()):
         log.warning("data: %d clips at %d Hz resampled to %d Hz (the feature extractor's sampling_rate)", n, source_rate, rate)
     return DatasetDict(out)
@@ -224,15 +227,18 @@ def collator(processor: Any, data: DataConfig):
     name = processor.model_input_names[0]
     max_samples = int(round(data.max_duration * processor.sampling_rate)) if data.max_duration else None
 
-    def crop(wave: np.ndarray) -> np.ndarray:
+    seeds = SampleSeeds()  # the engine sets the epoch; see seeding.py
+
+    def crop(wave: np.ndarray, row: Any) -> np.ndarray:
         if max_samples is None or len(wave) <= max_samples:
             return wave
-        start = int(torch.randint(0, len(wave) - max_samples + 1, ()))  # torch RNG: seeded by Trainer, per worker
+        with seeds.seeded(int(row)):  # the same window for a row in an epoch, resumed or not; a new one each epoch
+            start = int(torch.randint(0, len(wave) - max_samples + 1, ()))
         return wave[start:start + max_samples]
 
     def collate(features: list[dict]) -> dict:
-        if "waveform" in features[0]:  # training rows with max_duration: a fresh random window each time
-            values = _features(processor, [crop(np.asarray(f["waveform"], dtype=np.float32)) for f in features])
+        if "waveform" in features[0]:  # training rows with max_duration: a fresh random window each epoch
+            values = _features(processor, [crop(np.asarray(f["waveform"], dtype=np.float32), f.get(ROW, -1)) for f in features])
         else:
             values = [np.asarray(f[name], dtype=np.float32) for f in features]
         batch = dict(processor.pad({name: values}, return_tensors="pt"))
@@ -240,6 +246,7 @@ def collator(processor: Any, data: DataConfig):
             batch["labels"] = torch.as_tensor(np.asarray([f["labels"] for f in features]), dtype=torch.long)
         return batch
 
+    collate.set_epoch = seeds.set_epoch  # type: ignore[attr-defined]
     return collate
 
 

@@ -27,6 +27,7 @@ from sft_hub.errors import ConfigError, DataError
 from sft_hub.metrics import make_compute_metrics
 from sft_hub.tasks import image_data
 from sft_hub.tasks import labels as label_utils
+from sft_hub.tasks import seeding
 from sft_hub.tasks.base import BuiltModel, TaskData
 
 BUILTIN = ("digits",)
@@ -235,7 +236,7 @@ def encode(splits: DatasetDict, processor: ImageProcessor, data: DataConfig, mod
         if name == train_split:
             feature = ds.features.get("labels")
             classes = feature.num_classes if isinstance(feature, ClassLabel) else 0
-            out[name] = ds.with_transform(image_data.DecodeTransform(processor.transform(data), train_classes=classes))
+            out[name] = seeding.with_rows(ds).with_transform(image_data.DecodeTransform(processor.transform(data), train_classes=classes))
         else:
             out[name] = ds.with_transform(image_data.DecodeTransform(processor.transform()))
     return DatasetDict(out)

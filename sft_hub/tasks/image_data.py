@@ -23,6 +23,7 @@ from datasets import Dataset, DatasetDict, Features, Image as ImageFeature, Valu
 from PIL import Image, ImageOps
 
 from sft_hub.errors import DataError
+from sft_hub.tasks.seeding import ROW, SampleSeeds
 
 log = logging.getLogger("sft_hub")
 IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
@@ -66,16 +67,27 @@ class DecodeTransform:
 
     def __init__(self, transform: Any, train_classes: int | None = None):
         self.transform, self.train_classes = transform, train_classes
+        self.seeds = SampleSeeds()  # training rows: augmentation drawn per (seed, epoch, row); see seeding.py
+
+    def set_epoch(self, epoch: int, seed: int) -> None:
+        self.seeds.set_epoch(epoch, seed)
 
     def __call__(self, batch: dict) -> dict:
         pixels = []
-        for item in batch["image"]:
+        rows = batch.get(ROW)
+        for i, item in enumerate(batch["image"]):
             try:
                 img = open_rgb(item)
             except Exception as exc:
                 raise DataError(f"image {image_name(item)}: cannot read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-            pixels.append(self.transform(img))
+            if rows is None:
+                pixels.append(self.transform(img))
+            else:
+                with self.seeds.seeded(int(rows[i])):
+                    pixels.append(self.transform(img))
         out: dict[str, list] = {"pixel_values": pixels}
+        if rows is not None:
+            out[ROW] = rows
         if "labels" in batch:
             out["labels"] = batch["labels"]
             if self.train_classes is not None:
@@ -100,17 +112,24 @@ class Collator:
             from timm.data import Mixup
 
             self.mixer = Mixup(**mixup)
+        self.seeds = SampleSeeds()  # erasing and mixup draws per (seed, epoch, batch rows); see seeding.py
+
+    def set_epoch(self, epoch: int, seed: int) -> None:
+        self.seeds.set_epoch(epoch, seed)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         pixels = torch.stack([f["pixel_values"] for f in features]).float().sub_(self.mean).div_(self.std)
         batch: dict[str, torch.Tensor] = {}
         train = features[0].get("train_classes") is not None
+        key = tuple(int(f[ROW]) for f in features) if ROW in features[0] else ("unkeyed",)
         if self.eraser is not None and train:
-            pixels = self.eraser(pixels)
+            with self.seeds.seeded("erase", *key):
+                pixels = self.eraser(pixels)
         if features[0].get("labels") is not None:
             labels = torch.tensor([f["labels"] for f in features], dtype=torch.long)
             if self.mixer is not None and train:
-                pixels, labels = self._mix(pixels, labels, features[0]["train_classes"])
+                with self.seeds.seeded("mix", *key):
+                    pixels, labels = self._mix(pixels, labels, features[0]["train_classes"])
             batch["labels"] = labels
         batch["pixel_values"] = pixels.contiguous(memory_format=torch.channels_last) if self.channels_last else pixels
         return batch
