@@ -76,7 +76,9 @@ def test_saved_adapter_reloads_to_identical_predictions_with_batchnorm(tmp_path,
     base = image.build_model(model_cfg(name_or_path=str(tmp_path / "base")), labels).model
     reloaded = load_learned(base, cfg, tmp_path / "run").eval()
     with torch.no_grad():
-        assert torch.equal(reloaded(pixel_values=x).logits, expected)
+        # Same tensors, same buffers, same modes; CPU conv kernels may still round the last bit differently for
+        # differently aligned allocations (seen with OMP_NUM_THREADS=1), so "identical" is to float32 precision.
+        torch.testing.assert_close(reloaded(pixel_values=x).logits, expected, rtol=1e-5, atol=1e-9)
         assert not torch.equal(control.eval()(pixel_values=x).logits, expected)
 
 
