@@ -4,8 +4,11 @@ Baseline (as `run_glue.py` does by default): every example padded to 128 tokens 
 `default_data_collator`, random batches (no length grouping). sft-hub: the recipe's dynamic padding and
 length-grouped batches. Same model (embedded MiniLM-L6), same data subset, same optimiser settings and
 seed, measured in one run; the table gives training samples/s, the ratio, and dev accuracy of each.
+A second table repeats the sft-hub run over several seeds with and without length grouping ("without"
+sees the baseline's batches; only its dropout draws differ, their shape following the padded length):
+the dev accuracy spread that seeds alone give, next to any effect of grouping.
 
-    .venv/bin/python benchmarks/sst2_throughput.py [--train-samples 4000] [--strategies lora,full]
+    .venv/bin/python benchmarks/sst2_throughput.py [--train-samples 4000] [--strategies lora,full] [--seeds 42,43,44]
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,7 +30,7 @@ LORA = {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.1, "target_modules": [
 LR = {"lora": 1e-3, "full": 5e-5}
 
 
-def recipe(data_dir: Path, strategy: str, out: Path, args) -> dict:
+def recipe(data_dir: Path, strategy: str, out: Path, args, seed: int = 42, group: bool = True) -> dict:
     return {
         "task": "text_classification",
         "model": {"name_or_path": "embedded/all-MiniLM-L6-v2"},
@@ -36,16 +38,16 @@ def recipe(data_dir: Path, strategy: str, out: Path, args) -> dict:
         "strategy": LORA if strategy == "lora" else {"name": "full"},
         "training": {"output_dir": str(out), "learning_rate": LR[strategy], "num_train_epochs": args.epochs,
                      "per_device_train_batch_size": 32, "per_device_eval_batch_size": 128, "warmup_steps": 0.06,
-                     "weight_decay": 0.01, "save_strategy": "no", "logging_steps": 50, "seed": 42,
-                     "group_by_length": True, "disable_tqdm": True},
+                     "weight_decay": 0.01, "save_strategy": "no", "logging_steps": 50, "seed": seed,
+                     "group_by_length": group, "disable_tqdm": True},
     }
 
 
-def run_sft_hub(data_dir: Path, strategy: str, tmp: Path, args) -> tuple[float, float]:
+def run_sft_hub(data_dir: Path, strategy: str, tmp: Path, args, seed: int = 42, group: bool = True) -> tuple[float, float]:
     from sft_hub.config import parse_recipe
     from sft_hub.engine import train
 
-    out = train(parse_recipe(recipe(data_dir, strategy, tmp / f"sft_hub_{strategy}", args)))
+    out = train(parse_recipe(recipe(data_dir, strategy, tmp / f"sft_hub_{strategy}_{seed}_{group}", args, seed, group)))
     return out["manifest"]["train"]["train_samples_per_second"], out["metrics"]["validation"]["eval_validation_accuracy"]
 
 
@@ -88,6 +90,8 @@ def main() -> None:
     p.add_argument("--train-samples", type=int, default=4000)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--strategies", default="lora,full")
+    p.add_argument("--no-baseline", action="store_true", help="skip the baseline table (only with --seeds)")
+    p.add_argument("--seeds", default="", help="comma-separated seeds for the grouped-vs-ungrouped accuracy table (empty: skip)")
     args = p.parse_args()
     data_dir = Path(args.data_dir)
     if not (data_dir / "train.tsv").is_file():
@@ -96,19 +100,35 @@ def main() -> None:
     import logging
 
     logging.getLogger("sft_hub").setLevel(logging.ERROR)
-    rows = []
+    rows, seed_rows = [], []
+    seeds = [int(s) for s in args.seeds.split(",") if s]
     with tempfile.TemporaryDirectory() as tmp:
         for strategy in args.strategies.split(","):
-            start = time.perf_counter()
-            base_speed, base_acc = run_baseline(data_dir, strategy, Path(tmp), args)
             ours_speed, ours_acc = run_sft_hub(data_dir, strategy, Path(tmp), args)
-            rows.append((strategy, base_speed, ours_speed, base_acc, ours_acc, time.perf_counter() - start))
-    print(f"\nSST-2, embedded MiniLM-L6, {args.train_samples} training sentences x {args.epochs:g} epoch, batch 32, "
+            if not args.no_baseline:
+                base_speed, base_acc = run_baseline(data_dir, strategy, Path(tmp), args)
+                rows.append((strategy, base_speed, ours_speed, base_acc, ours_acc))
+            for seed in seeds:
+                flat = run_sft_hub(data_dir, strategy, Path(tmp), args, seed, group=False)
+                grouped = (ours_speed, ours_acc) if seed == 42 else run_sft_hub(data_dir, strategy, Path(tmp), args, seed)
+                seed_rows.append((strategy, seed, flat, grouped))
+    if rows:
+        print(f"\nSST-2, embedded MiniLM-L6, {args.train_samples} training sentences x {args.epochs:g} epoch, batch 32, "
           f"{os.cpu_count()} CPU cores; dev = 872 sentences")
-    print(f"| strategy | run_glue defaults (samples/s) | sft-hub recipe (samples/s) | speed-up | dev acc baseline | dev acc sft-hub |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for strategy, b, o, ba, oa, _ in rows:
+        print(f"| strategy | run_glue defaults (samples/s) | sft-hub recipe (samples/s) | speed-up | dev acc baseline | dev acc sft-hub |")
+        print("|---|---:|---:|---:|---:|---:|")
+    for strategy, b, o, ba, oa in rows:
         print(f"| {strategy} | {b:.1f} | {o:.1f} | {o / b:.2f}x | {ba:.4f} | {oa:.4f} |")
+    if seed_rows:
+        print("\nsft-hub, dynamic padding, over seeds: without / with length grouping")
+        print("| strategy | seed | samples/s without | samples/s with | dev acc without | dev acc with |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for strategy, seed, (fs, fa), (gs, ga) in seed_rows:
+            print(f"| {strategy} | {seed} | {fs:.1f} | {gs:.1f} | {fa:.4f} | {ga:.4f} |")
+        for strategy in args.strategies.split(","):
+            flat = [r[2][1] for r in seed_rows if r[0] == strategy]
+            grouped = [r[3][1] for r in seed_rows if r[0] == strategy]
+            print(f"| {strategy} | mean | | | {np.mean(flat):.4f} +- {np.std(flat):.4f} | {np.mean(grouped):.4f} +- {np.std(grouped):.4f} |")
 
 
 if __name__ == "__main__":
