@@ -67,6 +67,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
     base = {"files": files_sha256(built.weight_files)} if args.should_save else {}
     if not built.weight_files and recipe.strategy.name != "full" and args.should_save:
         built.model.save_pretrained(run_dir / "base", safe_serialization=True)  # keep a file-less base with its adapter
+        runs.share_like_umask(run_dir / "base")
         base = {"files": files_sha256((run_dir / "base").glob("*.safetensors")), "saved_in_run": True}
 
     model = apply_strategy(built.model, recipe.strategy, built.head_modules, task.lora_target_modules)
@@ -115,6 +116,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
     if args.should_save:
         task.save_processor(processor, run_dir / "processor")
         (run_dir / recipe.strategy.saved_as / "training_args.bin").unlink(missing_ok=True)
+        runs.share_like_umask(run_dir / recipe.strategy.saved_as)
         manifest = build_manifest(recipe, built, base, data, frozen_before, trained_sha, count_parameters(model),
                                   metrics, train_out.metrics, args, task)
         manifest["nonfinite_skipped"] = guard.skipped

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from peft import PeftModel
 
+from sft_hub import runs
 from sft_hub.errors import RunError
 from sft_hub.inference import LoadedRun, load_run, logits
 
@@ -46,6 +47,7 @@ def export_merged(run_dir: str | Path, out: str | Path, allow_base_mismatch: boo
     model = merged_model(loaded)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
+    runs.share_like_umask(out)
     loaded.task.save_processor(loaded.processor, out)
     diff = None
     if check:

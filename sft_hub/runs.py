@@ -74,8 +74,27 @@ def latest_complete_checkpoint(run_dir: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def share_like_umask(folder: Path) -> None:
+    """Give owner-only files in `folder` the mode the user's umask gives new files.
+
+    safetensors (0.8) writes its files owner-only (0600) where every other file gets 0644 under the usual
+    umask, so teammates sharing a run dir on a cluster could read its config but not its weights.
+    """
+    mode = 0o666 & ~_umask()
+    for f in folder.rglob("*"):
+        if f.is_file() and not f.is_symlink() and f.stat().st_mode & 0o777 == 0o600 and mode != 0o600:
+            f.chmod(mode)
+
+
 def mark_complete(checkpoint: Path) -> None:
     """Called after every file of the checkpoint is written: fsync them, then write the marker last."""
+    share_like_umask(checkpoint)
     for f in checkpoint.rglob("*"):
         if f.is_file():
             with open(f, "rb") as fh:

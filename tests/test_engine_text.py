@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -33,6 +34,10 @@ def test_run_dir_and_reload_equal_predictions(tiny_bert, sentiment_files, tmp_pa
     assert manifest["metrics"]["validation"]["eval_validation_num_examples"] == 16
     if saved != "model":
         assert manifest["parameters"]["trainable"] < manifest["parameters"]["total"] / 5
+    umask = os.umask(0)
+    os.umask(umask)
+    weights = list(out_dir.rglob("*.safetensors"))
+    assert weights and {oct(f.stat().st_mode & 0o777) for f in weights} == {oct(0o666 & ~umask)}  # not owner-only
 
     trainer = result["trainer"]
     at_end = trainer.predict(trainer.eval_dataset).predictions
