@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, set_seed
+from transformers import set_seed
 
 from sft_hub import runs
 from sft_hub.base_model import files_sha256, tensors_sha256
@@ -23,6 +23,7 @@ from sft_hub.config import Recipe
 from sft_hub.errors import RunError
 from sft_hub.hub import write_model_card
 from sft_hub.manifest import build_manifest
+from sft_hub.sampling import EngineTrainer
 from sft_hub.strategies import apply_strategy, count_parameters, frozen_params, save_learned, trainable_state
 from sft_hub.tasks import get_task
 from sft_hub.training_args import build_training_args
@@ -77,7 +78,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
     stop = GracefulStop()
     collator = task.collator(processor, recipe.data)
     seeded = [t for t in (collator, encoded[data.train_split].format["format_kwargs"].get("transform")) if hasattr(t, "set_epoch")]
-    trainer = Trainer(
+    trainer = EngineTrainer(
         model=model,
         args=args,
         train_dataset=encoded[data.train_split],

@@ -36,10 +36,11 @@ def losses(run_dir):
     return by_step
 
 
-def test_sigkill_then_resume_is_exact(tiny_bert, tmp_path):
+@pytest.mark.parametrize("grouped", [False, True], ids=["random-batches", "length-grouped"])
+def test_sigkill_then_resume_is_exact(tiny_bert, tmp_path, grouped):
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    assert run_cli("none", "train", str(recipe_file(tmp_path, tiny_bert, straight))).returncode == 0
-    recipe = recipe_file(tmp_path, tiny_bert, crashed)
+    assert run_cli("none", "train", str(recipe_file(tmp_path, tiny_bert, straight, group_by_length=grouped))).returncode == 0
+    recipe = recipe_file(tmp_path, tiny_bert, crashed, group_by_length=grouped)
     killed = run_cli("kill_after_complete:4", "train", str(recipe))
     assert killed.returncode == -signal.SIGKILL
     assert runs.latest_complete_checkpoint(crashed).name == "checkpoint-4" and not (crashed / "manifest.json").exists()
