@@ -21,7 +21,6 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sft_hub import runs
 from sft_hub.config import check_type, unknown_key
 from sft_hub.errors import ConfigError, RunError
 
@@ -132,7 +131,6 @@ def save_learned(model: nn.Module, strategy: StrategyConfig, out: Path) -> Path:
         save_file(trainable_state(model), str(target / HEAD_FILE))
     else:
         model.save_pretrained(target, safe_serialization=True)
-    runs.share_like_umask(target)
     return target
 
 
