@@ -86,7 +86,8 @@ def cmd_export(a: argparse.Namespace) -> None:
     if not a.merge:
         raise SftHubError("export: only --merge is supported (the run dir already holds the adapter itself)")
     out = export_merged(a.run_dir, a.out, allow_base_mismatch=a.allow_base_mismatch)
-    print(f"merged model written to {out['out']} (max |logit diff| vs the run: {out['max_abs_diff']:.2e})")
+    check = f"max |logit diff| vs the run: {out['max_abs_diff']:.2e}" if out["max_abs_diff"] is not None else out["note"]
+    print(f"merged model written to {out['out']} ({check})")
 
 
 def cmd_push(a: argparse.Namespace) -> None:
@@ -99,10 +100,29 @@ def cmd_push(a: argparse.Namespace) -> None:
 def cmd_recipes(a: argparse.Namespace) -> None:
     import yaml
 
+    if a.strategies:
+        print_strategies()
+        return
     root = recipes_dir()
     for path in sorted(root.rglob("*.yaml")):
         raw = yaml.safe_load(path.read_text()) or {}
         print(f"{str(path.relative_to(root)):<55} {raw.get('description', '')}")
+
+
+def print_strategies() -> None:
+    """Every registered strategy: name, what it saves, whether it merges, and each option with its default."""
+    from sft_hub import strategies
+    from sft_hub.strategies.base import option_defaults
+
+    for cls in strategies.available():
+        aliases = {v: k for k, v in getattr(cls, "aliases", {}).items()}
+        print(f"{cls.name}: saved_as={cls.saved_as} merges={str(cls.merges).lower()}"
+              f"{'' if cls.needs_training_loop else ' (no training loop)'}")
+        for name, default in option_defaults(cls.Config):
+            alias = f" (alias: {aliases[name]})" if name in aliases else ""
+            print(f"  {name}{alias}: {default!r}")
+        if not option_defaults(cls.Config):
+            print("  (no options)")
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
@@ -159,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--dry-run", metavar="DIR", help="write exactly the folder that would be uploaded, upload nothing")
     u.set_defaults(func=cmd_push)
 
-    c = sub.add_parser("recipes", help="list the bundled recipes with a one-line description each")
+    c = sub.add_parser("recipes", help="list the bundled recipes with a one-line description each (or --strategies)")
+    c.add_argument("--strategies", action="store_true", help="list the registered strategies with their options and defaults")
     c.set_defaults(func=cmd_recipes)
 
     d = sub.add_parser("demo", help="offline demo: LoRA on the embedded MiniLM with the built-in sentiment data")

@@ -8,6 +8,10 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 
+from sft_hub.config import load_recipe
+from sft_hub.engine import train
+from sft_hub.inference import evaluate, load_run, logits, predict
+
 SENTENCES = [
     "An absolute delight from start to finish, I would go back tomorrow.",
     "The battery died after two days and support never answered.",
@@ -17,10 +21,6 @@ SENTENCES = [
 
 
 def run_demo(recipe_path: Path, output_dir: str, overrides: list[str]) -> None:
-    from sft_hub.config import load_recipe
-    from sft_hub.engine import train
-    from sft_hub.inference import evaluate, load_run, logits, predict
-
     recipe = load_recipe(recipe_path, [f"training.output_dir={output_dir}", *overrides])
     print(f"[1/4] training {recipe.description or recipe_path.name}")
     start = time.perf_counter()

@@ -15,7 +15,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from sft_hub.config import check_type, unknown_key
+from sft_hub.schema import check_type, unknown_key
 from sft_hub.errors import ConfigError
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
