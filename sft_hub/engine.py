@@ -93,6 +93,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         data_collator=collator,
         compute_metrics=task.metrics(recipe.data, data.labels),
         compute_loss_func=guard,
+        param_groups=strategy.param_groups,
         processing_class=processor if hasattr(processor, "model_input_names") else None,
         callbacks=[CompleteCheckpoints(run_dir, keep), MetricsLog(run_dir / runs.METRICS_LOG), stop, EpochSeeds(seeded, seed)],
     )

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conftest import write_tiny_bert
+from conftest import text_recipe, write_tiny_bert
 
 from sft_hub import strategies
 from sft_hub.cli import main
+from sft_hub.config import parse_recipe
+from sft_hub.engine import train
 from sft_hub.errors import ConfigError
 from sft_hub.schema import from_dict
 from sft_hub.strategies import available, get, parse_strategy, register
@@ -101,3 +103,15 @@ def test_recipes_strategies_lists_every_strategy_with_options(capsys):
     assert "  r: 8\n" in lora and "  lora_alpha (alias: alpha): 8\n" in lora and "  lora_dropout (alias: dropout): 0.0\n" in lora
     assert "  use_dora: False\n" in lora and "  use_rslora: False\n" in lora
     assert "full: saved_as=model merges=true\n  (no options)\n" in out
+
+
+def test_the_engine_optimizes_the_strategys_param_groups(tiny_bert, sentiment_files, tmp_path, monkeypatch):
+    def head_at_ten_times(self, model, lr):
+        head = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("classifier")]
+        return [{"params": head, "lr": lr * 10}]
+
+    monkeypatch.setattr(get("head"), "param_groups", head_at_ten_times)
+    out = train(parse_recipe(text_recipe(tiny_bert, sentiment_files, tmp_path / "run", {"name": "head"}, max_steps=1,
+                                         lr_scheduler_type="constant")))
+    groups = out["trainer"].optimizer.param_groups
+    assert len(groups) == 1 and groups[0]["lr"] == pytest.approx(5e-2) and len(groups[0]["params"]) == 2
