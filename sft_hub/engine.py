@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers import set_seed
 
-from sft_hub import runs
+from sft_hub import console, report, runs
 from sft_hub.base_model import files_sha256, tensors_sha256
 from sft_hub.callbacks import CompleteCheckpoints, EpochSeeds, GracefulStop, MetricsLog, NonFiniteGuard
 from sft_hub.config import Recipe
@@ -61,7 +61,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
     checkpoint = _prepare_run_dir(recipe, data, args, overwrite, resume)
 
     processor = task.load_processor(recipe.model)
-    with args.main_process_first(desc="preprocessing"):
+    with args.main_process_first(desc="preprocessing"), console.data_bars():
         encoded = task.encode(data.splits, processor, recipe.data, recipe.model, data.train_split)
     set_seed(seed)  # the new head's initialisation is part of the run: same seed, same head
     built = task.build_model(recipe.model, data.labels)
@@ -90,6 +90,8 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         callbacks=[CompleteCheckpoints(run_dir, keep), MetricsLog(run_dir / runs.METRICS_LOG), stop, EpochSeeds(seeded, seed)],
     )
     guard.state = trainer.state
+    console.attach(trainer)
+    report.route_tensorboard(trainer, run_dir)
     if checkpoint:
         log.warning("resuming from %s", checkpoint)
     train_out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -105,7 +107,8 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
 
     metrics = {name: trainer.evaluate(eval_dataset=ds, metric_key_prefix=f"eval_{name}") for name, ds in eval_sets.items()}
     trained_sha = tensors_sha256(trainable_state(trainer.accelerator.unwrap_model(trainer.model)).items())
-    log.warning("rank %d: trained weights sha256 %s", args.process_index, trained_sha)
+    (log.warning if args.world_size > 1 else log.info)("rank %d: trained weights sha256 %s", args.process_index, trained_sha)
+    predictions = report.predictions_after_training(trainer, data, eval_sets, recipe.engine.report)
 
     trainer.processing_class = None  # the processor is saved once, in <run>/processor, not inside the adapter
     if recipe.strategy.name == "head":
@@ -122,6 +125,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
                                   metrics, train_out.metrics, args, task)
         manifest["nonfinite_skipped"] = guard.skipped
         runs.write_json(run_dir / runs.EVAL_RESULTS, metrics)
+        report.write_after_training(run_dir, recipe.task, manifest, predictions, recipe.engine.report)
         write_model_card(run_dir, recipe, manifest)
         runs.write_json(run_dir / runs.MANIFEST, manifest)  # written last: its presence means "finished"
     trainer.accelerator.wait_for_everyone()

@@ -66,6 +66,7 @@ def export_merged(run_dir: str | Path, out: str | Path, allow_base_mismatch: boo
 def assemble_upload(run_dir: str | Path, folder: str | Path, merged: bool = False) -> Path:
     """The exact folder `push` uploads (also what `push --dry-run DIR` writes)."""
     from sft_hub.hub import write_model_card
+    from sft_hub.report.card import copy_for_upload
     from sft_hub.runs import open_run
 
     run_dir, folder = Path(run_dir), Path(folder)
@@ -85,6 +86,7 @@ def assemble_upload(run_dir: str | Path, folder: str | Path, merged: bool = Fals
                 shutil.copy2(f, folder / f.name)
     for name in ("manifest.json", "recipe.yaml", "eval_results.json"):
         shutil.copy2(run_dir / name, folder / name)
+    copy_for_upload(run_dir, folder)  # the report figures and table the card embeds
     write_model_card(folder, info.recipe, info.manifest, merged=merged or info.manifest["saved_as"] != "adapter")
     pickles = [f.name for f in folder.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
     if pickles:
