@@ -84,6 +84,8 @@ def plot_curves(runs: dict[str, dict[str, dict[str, dict[int, float]]]], path: P
     first = [p for p in ("loss", "learning rate") if p in panels]
     panels = first + sorted(p for p in panels if p not in first)
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     cols = min(3, len(panels))
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
@@ -98,6 +100,7 @@ def plot_curves(runs: dict[str, dict[str, dict[str, dict[int, float]]]], path: P
                         marker="o" if len(steps) < 30 and line != "train" else None, markersize=3, label=label or None)
         ax.set_title(panel)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         ax.grid(alpha=0.3)
         if panel == "learning rate":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
