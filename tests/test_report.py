@@ -172,3 +172,22 @@ def test_report_command_compares_runs(text_run: Path, cli_run, tmp_path: Path, c
     with pytest.raises(SystemExit) as stop:
         main(["report", str(text_run), str(other)])
     assert stop.value.code == 2 and "--out" in capsys.readouterr().err
+
+
+def test_curves_name_splits_and_keep_the_last_record_of_a_step():
+    from sft_hub.report.curves import series
+
+    records = [{"step": 1, "loss": 0.9, "learning_rate": 1e-3}, {"step": 2, "loss": 0.8},
+               {"step": 2, "loss": 0.7},  # a resumed run logs step 2 again: the later record wins
+               {"step": 2, "eval_accuracy": 0.5, "eval_runtime": 1.0, "eval_num_examples": 8},
+               {"step": 2, "eval_validation_matched_accuracy": 0.6, "eval_validation_mismatched_accuracy": 0.4},
+               {"step": 2, "train_runtime": 3.0, "total_flos": 1.0}]
+    out = series(records, ["validation_matched", "validation_mismatched"])
+    assert out["loss"] == {"train": {1: 0.9, 2: 0.7}} and out["learning rate"] == {"train": {1: 1e-3}}
+    assert out["accuracy"] == {"validation_matched": {2: 0.6}, "validation_mismatched": {2: 0.4}}
+    assert set(out) == {"loss", "learning rate", "accuracy"}
+
+
+def test_regression_mistakes_are_the_largest_errors():
+    found = mistakes.worst(np.array([[0.1], [2.0], [0.5], [3.0]]), np.array([0.0, 0.0, 0.5, 3.5]), None, k=3)
+    assert [m["index"] for m in found] == [1, 3, 0] and [m["error"] for m in found] == pytest.approx([2.0, 0.5, 0.1])
