@@ -31,6 +31,7 @@ log = logging.getLogger("sft_hub")
 _LIBRARIES = r"(transformers|peft|timm|torch|torchvision|torchaudio|torchcodec|datasets|accelerate|huggingface_hub|sklearn)(\.|$)"
 # Top-level names of newly initialised classification heads across the model families sft-hub builds.
 HEAD_NAMES = {"classifier", "score", "fc", "head", "heads", "projector", "pre_classifier", "last_linear"}
+_BAR_METRICS = ("accuracy", "pearson", "correlation")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ROW = re.compile(r"^(\S[^|]*?)\s*\|\s*(MISSING|UNEXPECTED|MISMATCH|CONVERSION|OWNED|SKIPPED)\b")
 
@@ -80,8 +81,7 @@ def setup(quiet_libraries: bool = False) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=_LIBRARIES)
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars
     datasets.disable_progress_bars()  # split generation, label maps, checks: `data_bars` turns them on where they help
-    root = transformers.utils.logging.get_logger("transformers")
-    transformers.utils.logging.get_verbosity()  # makes transformers install its handler before we filter it
+    root = transformers.utils.logging.get_logger("transformers")  # installs transformers' handler, which we filter
     for handler in root.handlers:
         if not any(isinstance(f, LoadReportFilter) for f in handler.filters):
             handler.addFilter(LoadReportFilter())
@@ -145,10 +145,9 @@ class ProgressBars(TrainerCallback):
             return
         if "loss" in logs:
             self.postfix["loss"] = f"{logs['loss']:.4g}"
-        for key in ("eval_accuracy", "eval_pearson", "eval_matthews_correlation", "eval_loss"):
-            if key in logs:
-                self.postfix[key.removeprefix("eval_")] = f"{logs[key]:.4g}"
-                break
+        shown = [k for k in logs if k.startswith("eval_") and k.endswith(_BAR_METRICS)]
+        if shown:  # the first eval split's headline metric (eval_accuracy, eval_validation_matched_accuracy, ...)
+            self.postfix[shown[0].removeprefix("eval_")] = f"{logs[shown[0]]:.4g}"
         self.train_bar.set_postfix(self.postfix, refresh=False)
 
     def on_train_end(self, args, state, control, **kwargs):
