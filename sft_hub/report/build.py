@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch.utils.data import SequentialSampler
 
 from sft_hub import runs
 from sft_hub.report import classes, curves, mistakes
@@ -59,8 +60,19 @@ def predictions_after_training(trainer: Any, data: Any, eval_sets: dict[str, Any
     if not enabled or not eval_sets:
         return None
     split = next(iter(eval_sets))
-    output = trainer.predict(eval_sets[split], metric_key_prefix=f"report_{split}")
-    return split, data.splits[split], np.asarray(logits_of(output.predictions))
+    # Rows in dataset order: Trainer's eval sampler groups by length under `group_by_length`, which would
+    # pair each prediction with another row. The default (sequential; under DDP sharded then gathered in order).
+    trainer._get_eval_sampler = lambda ds: SequentialSampler(ds) if trainer.args.world_size <= 1 else None
+    try:
+        output = trainer.predict(eval_sets[split], metric_key_prefix=f"report_{split}")
+    finally:
+        del trainer._get_eval_sampler
+    rows = data.splits[split]
+    got, want = np.asarray(output.label_ids if output.label_ids is not None else [], float).reshape(-1), np.asarray(rows["labels"], float).reshape(-1)
+    if got.shape != want.shape or not np.allclose(got, want):
+        log.warning("report: predictions of split %s did not come back in row order; run `sft-hub report` on the run", split)
+        return None
+    return split, rows, np.asarray(logits_of(output.predictions))
 
 
 def write_after_training(run_dir: Path, task: str, manifest: dict, predictions: tuple | None, enabled: bool) -> Path | None:
