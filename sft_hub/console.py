@@ -31,6 +31,8 @@ log = logging.getLogger("sft_hub")
 _LIBRARIES = r"(transformers|peft|timm|torch|torchvision|torchaudio|torchcodec|datasets|accelerate|huggingface_hub|sklearn)(\.|$)"
 # Top-level names of newly initialised classification heads across the model families sft-hub builds.
 HEAD_NAMES = {"classifier", "score", "fc", "head", "heads", "projector", "pre_classifier", "last_linear"}
+# Messages libraries print that say nothing to a user of sft-hub (logger name, text).
+_NOISE = [("DeepSpeed", "Setting accelerator to CPU")]  # deepspeed's import on a CPU machine; accelerate picks devices
 _BAR_METRICS = ("accuracy", "pearson", "correlation")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ROW = re.compile(r"^(\S[^|]*?)\s*\|\s*(MISSING|UNEXPECTED|MISMATCH|CONVERSION|OWNED|SKIPPED)\b")
@@ -87,6 +89,8 @@ def setup(quiet_libraries: bool = False) -> None:
             handler.addFilter(LoadReportFilter())
     if quiet_libraries:
         transformers.logging.set_verbosity_error()
+    for name, text in _NOISE:  # logger filters survive the library configuring its logger at import time
+        logging.getLogger(name).addFilter(lambda record, text=text: text not in record.getMessage())
     sft = logging.getLogger("sft_hub")
     if WARNINGS not in sft.handlers:
         sft.addHandler(WARNINGS)
@@ -114,6 +118,7 @@ class ProgressBars(TrainerCallback):
         self.train_bar: Any = None
         self.eval_bar: Any = None
         self.postfix: dict[str, str] = {}
+        self.done = 0  # eval batches done in an evaluation during training
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
@@ -124,12 +129,20 @@ class ProgressBars(TrainerCallback):
             self.train_bar.update(state.global_step - self.train_bar.n)
 
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
-        if state.is_world_process_zero and eval_dataloader is not None and hasattr(eval_dataloader, "__len__"):
-            if self.eval_bar is None:
-                self.eval_bar = tqdm(total=len(eval_dataloader), desc="evaluating", unit="batch", leave=False, dynamic_ncols=True)
-            self.eval_bar.update(1)
+        if not state.is_world_process_zero or eval_dataloader is None or not hasattr(eval_dataloader, "__len__"):
+            return
+        if self.train_bar is not None:  # evaluation inside training shows on the training bar: one bar per phase
+            self.done = self.done + 1
+            self.train_bar.set_description(f"training (evaluating {self.done}/{len(eval_dataloader)})", refresh=True)
+            return
+        if self.eval_bar is None:
+            self.eval_bar = tqdm(total=len(eval_dataloader), desc="evaluating", unit="batch", leave=False, dynamic_ncols=True)
+        self.eval_bar.update(1)
 
     def _close_eval(self) -> None:
+        if self.train_bar is not None and self.done:
+            self.train_bar.set_description("training", refresh=False)
+        self.done = 0
         if self.eval_bar is not None:
             self.eval_bar.close()
         self.eval_bar = None
