@@ -29,9 +29,8 @@ def recipes_dir() -> Path:
 
 def cmd_train(a: argparse.Namespace) -> None:
     from sft_hub.config import load_recipe
-    from sft_hub.engine import train
-
     from sft_hub.console import train_summary
+    from sft_hub.engine import train
 
     start = time.perf_counter()
     recipe = load_recipe(a.recipe, a.overrides)

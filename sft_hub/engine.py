@@ -108,7 +108,6 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
     metrics = {name: trainer.evaluate(eval_dataset=ds, metric_key_prefix=f"eval_{name}") for name, ds in eval_sets.items()}
     trained_sha = tensors_sha256(trainable_state(trainer.accelerator.unwrap_model(trainer.model)).items())
     (log.warning if args.world_size > 1 else log.info)("rank %d: trained weights sha256 %s", args.process_index, trained_sha)
-    predictions = report.predictions_after_training(trainer, data, eval_sets, recipe.engine.report)
 
     trainer.processing_class = None  # the processor is saved once, in <run>/processor, not inside the adapter
     if recipe.strategy.name == "head":
@@ -116,6 +115,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
             save_learned(trainer.accelerator.unwrap_model(trainer.model), recipe.strategy, run_dir)
     else:
         trainer.save_model(str(run_dir / recipe.strategy.saved_as))  # gathers FSDP/DeepSpeed shards; rank 0 writes
+    predictions = report.predictions_after_training(trainer, data, eval_sets, recipe.engine.report)  # every rank
     manifest = None
     if args.should_save:
         task.save_processor(processor, run_dir / "processor")

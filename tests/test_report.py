@@ -165,6 +165,9 @@ def test_report_command_compares_runs(text_run: Path, cli_run, tmp_path: Path, c
     from sft_hub.cli import main
 
     other = cli_run[0]
+    before = {n: (text_run / "report" / n).read_text() for n in ("per_class.json", "mistakes.json")}
+    main(["report", str(text_run)])  # reloads the run: the same report as the one written at the end of training
+    assert {n: (text_run / "report" / n).read_text() for n in before} == before
     main(["report", str(text_run), str(other), "--out", str(tmp_path / "cmp"), "--curves-only"])
     text = (tmp_path / "cmp" / "README.md").read_text()
     first = text.split("\n## ")[0]  # the comparison table leads

@@ -65,6 +65,9 @@ def predictions_after_training(trainer: Any, data: Any, eval_sets: dict[str, Any
     trainer._get_eval_sampler = lambda ds: SequentialSampler(ds) if trainer.args.world_size <= 1 else None
     try:
         output = trainer.predict(eval_sets[split], metric_key_prefix=f"report_{split}")
+    except Exception as exc:  # the model is saved already: a report is never worth a lost run
+        log.warning("report: predicting split %s failed (%s: %s); run `sft-hub report` on the run", split, type(exc).__name__, exc)
+        return None
     finally:
         del trainer._get_eval_sampler
     rows = data.splits[split]
