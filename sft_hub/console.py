@@ -94,6 +94,7 @@ def setup(quiet_libraries: bool = False) -> None:
     sft = logging.getLogger("sft_hub")
     if WARNINGS not in sft.handlers:
         sft.addHandler(WARNINGS)
+    WARNINGS.count = 0  # counted per command
 
 
 @contextlib.contextmanager
