@@ -79,6 +79,10 @@ def table_markdown(items: list[dict[str, Any]]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _short(label: str, limit: int = 14) -> str:
+    return label if len(label) <= limit else label[: limit - 1] + "…"
+
+
 def plot_image_grid(rows: Any, items: list[dict[str, Any]], path: Path) -> Path | None:
     """Thumbnails of the worst image mistakes, titled 'true -> predicted (confidence)'."""
     from sft_hub.tasks.image_data import open_rgb
@@ -88,17 +92,17 @@ def plot_image_grid(rows: Any, items: list[dict[str, Any]], path: Path) -> Path 
     plt = pyplot()
     cols = min(4, len(items))
     nrows = (len(items) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(2.6 * cols, 2.9 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(2.6 * cols, 3.0 * nrows + 0.4), squeeze=False)
     for ax, item in zip(axes.flat, items):
         img = open_rgb(rows[item["index"]]["image"])
         img.thumbnail((256, 256))
         small = max(img.size) < 64  # tiny images (8x8 digits) scale up without blur
         ax.imshow(np.asarray(img), interpolation="nearest" if small else "antialiased")
-        ax.set_title(f"true {item['true']}\npred {item['predicted']} ({item['confidence']:.2f})", fontsize=8)
+        ax.set_title(f"{_short(item['true'])} → {_short(item['predicted'])} ({item['confidence']:.2f})", fontsize=8)
         ax.axis("off")
     for ax in list(axes.flat)[len(items):]:
         ax.axis("off")
-    fig.suptitle("most confident mistakes", fontsize=10)
+    fig.suptitle("most confident mistakes: true → predicted (confidence)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
