@@ -165,10 +165,15 @@ def test_report_command_compares_runs(text_run: Path, cli_run, tmp_path: Path, c
     from sft_hub.cli import main
 
     other = cli_run[0]
-    before = {n: (text_run / "report" / n).read_text() for n in ("per_class.json", "mistakes.json")}
+    read = lambda name: json.loads((text_run / "report" / name).read_text())  # noqa: E731
+    table, worst = read("per_class.json"), read("mistakes.json")["mistakes"]
     main(["report", str(text_run)])  # reloads the run: the same report as the one written at the end of training
-    assert {n: (text_run / "report" / n).read_text() for n in before} == before
+    assert read("per_class.json") == table  # (batches of another size: confidences equal to float rounding)
+    again = read("mistakes.json")["mistakes"]
+    assert [m["index"] for m in again] == [m["index"] for m in worst]
+    assert [m["confidence"] for m in again] == pytest.approx([m["confidence"] for m in worst], abs=1e-6)
     main(["report", str(text_run), str(other), "--out", str(tmp_path / "cmp"), "--curves-only"])
+    assert "### Per class" in (text_run / "report" / "README.md").read_text()  # curves only keep the full index
     text = (tmp_path / "cmp" / "README.md").read_text()
     first = text.split("\n## ")[0]  # the comparison table leads
     assert "| text | text_classification | lora |" in first and "| run | text_classification | lora |" in first

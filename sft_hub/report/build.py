@@ -29,7 +29,8 @@ def write_report(run_dir: Path, task: str, manifest: dict, rows: Any = None, log
     sections = [f"# Report: {run_dir.name}\n", f"Run: `{run_dir}` ({task.replace('_', ' ')}, strategy {manifest['strategy']['name']})."]
     if curves.plot_curves({run_dir.name: curves.run_series(run_dir, manifest)}, out / "curves.png"):
         sections.append("## Training curves\n\n![curves](curves.png)")
-    if logits is not None and rows is not None and len(rows):
+    predicted = logits is not None and rows is not None and len(rows) > 0
+    if predicted:
         labels = np.asarray(rows["labels"])
         sections.append(f"## Split `{split}` ({len(labels)} examples)")
         if names is not None:
@@ -48,7 +49,8 @@ def write_report(run_dir: Path, task: str, manifest: dict, rows: Any = None, log
         sections.append(f"### {title}\n\n" + mistakes.table_markdown(worst))
         if task == "image_classification" and mistakes.plot_image_grid(rows, worst, out / "mistakes.png"):
             sections.append("![most confident mistakes](mistakes.png)")
-    (out / "README.md").write_text("\n\n".join(sections) + "\n")
+    if predicted or not (out / "README.md").is_file():  # curves only: the index of an earlier full report stays
+        (out / "README.md").write_text("\n\n".join(sections) + "\n")
     runs.share_like_umask(out)
     return out
 
