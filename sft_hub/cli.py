@@ -84,6 +84,8 @@ def cmd_predict(a: argparse.Namespace) -> None:
         for item in predict(view, rows, a.batch_size, a.top_k):
             if a.json:
                 print(json.dumps({"run": str(view.info.run_dir), **item} if len(views) > 1 else item))
+            elif "text" in item:  # speech recognition: the transcript
+                print(f"{prefix}{item['text']}\t{item['input']}")
             elif "label" in item:
                 print(f"{prefix}{item['label']}\t{item['score']:.3f}\t{item['input']}")
             else:

@@ -54,6 +54,20 @@ def make_loss(regression: bool):
     return loss_fn
 
 
+def _processor(task: Any, recipe: Recipe, data: Any) -> Any:
+    """The task's processor; a task whose vocabulary comes from the data (speech recognition) builds it from the labels."""
+    if hasattr(task, "build_processor"):
+        return task.build_processor(recipe.model, recipe.data, data.labels)
+    return task.load_processor(recipe.model)
+
+
+def _loss(task: Any, recipe: Recipe, data: Any):
+    """The engine's classification/regression loss, or the task's own (speech recognition: CTC, see tasks/ctc.py)."""
+    if hasattr(task, "make_loss"):
+        return task.make_loss(recipe.model, recipe.data)
+    return make_loss(data.is_regression)
+
+
 def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) -> dict[str, Any]:
     """Train a recipe into its run directory; returns {"run_dir", "metrics", "manifest", "trainer", "stopped"}."""
     task = get_task(recipe.task)
@@ -67,7 +81,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
     args = build_training_args(training, run_dir, remove_unused_columns=False)
     checkpoint = _prepare_run_dir(run, recipe, data, args, overwrite, resume)
 
-    processor = task.load_processor(recipe.model)
+    processor = _processor(task, recipe, data)
     with args.main_process_first(desc="preprocessing"), console.data_bars():
         encoded = task.encode(data.splits, processor, recipe.data, recipe.model, data.train_split)
     set_seed(seed)  # the new head's initialisation is part of the run: same seed, same head
@@ -82,7 +96,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
     frozen = frozen_params(model)
     frozen_before = tensors_sha256(frozen) if frozen and not saves_whole_model(strategy) else None
     eval_sets = {name: encoded[name] for name in data.eval_splits}
-    guard = NonFiniteGuard(make_loss(data.is_regression), recipe.engine.nonfinite_loss, recipe.engine.max_nonfinite_skips)
+    guard = NonFiniteGuard(_loss(task, recipe, data), recipe.engine.nonfinite_loss, recipe.engine.max_nonfinite_skips)
     stop = GracefulStop()
     collator = task.collator(processor, recipe.data)
     seeded = [t for t in (collator, encoded[data.train_split].format["format_kwargs"].get("transform")) if hasattr(t, "set_epoch")]
@@ -95,6 +109,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         compute_metrics=task.metrics(recipe.data, data.labels),
         compute_loss_func=guard,
         param_groups=strategy.param_groups,
+        preprocess_logits_for_metrics=getattr(task, "preprocess_logits_for_metrics", None),
         processing_class=processor if hasattr(processor, "model_input_names") else None,
         callbacks=[CompleteCheckpoints(run_dir, keep), MetricsLog(run_dir / runs.METRICS_LOG), stop, EpochSeeds(seeded, seed)],
     )
