@@ -43,7 +43,7 @@ def export_merged(run_dir: str | Path, out: str | Path, allow_base_mismatch: boo
         raise RunError(f"--out {out}: folder is not empty; choose a new folder")
     loaded = load_run(run_dir, allow_base_mismatch=allow_base_mismatch)
     rows = _check_rows(loaded) if check else None
-    before = logits(loaded, rows) if check else None
+    before = logits(loaded, rows, merge=False) if check else None  # the adapter itself, unmerged
     model = merged_model(loaded)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)

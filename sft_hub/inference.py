@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from datasets import Dataset
 from transformers import EvalPrediction
 
+from sft_hub import fast_predict
 from sft_hub.base_model import files_sha256
 from sft_hub.errors import DataError, RunError
 from sft_hub.runs import RunInfo, open_run
@@ -73,27 +72,12 @@ def load_run(run_dir: str | Path, allow_base_mismatch: bool = False) -> LoadedRu
     return LoadedRun(info, task, model, processor)
 
 
-def _batches(loaded: LoadedRun, rows: Dataset, batch_size: int, desc: str):
-    recipe = loaded.info.recipe
-    encoded = loaded.task.encode(DatasetDict({"rows": rows}), loaded.processor, recipe.data, recipe.model, None)["rows"]
-    collate = loaded.task.collator(loaded.processor, recipe.data)
-    loader = DataLoader(encoded, batch_size=batch_size, collate_fn=collate)
-    device = next(loaded.model.parameters()).device
-    for batch in tqdm(loader, desc=desc, leave=False, disable=len(encoded) < 5 * batch_size):
-        labels = batch.pop("labels", None)
-        with torch.no_grad():
-            logits = loaded.model(**{k: v.to(device) for k, v in batch.items()}).logits
-        yield logits.float().cpu(), labels
+def logits(loaded: LoadedRun, rows: Dataset, batch_size: int | None = None, merge: bool = True) -> np.ndarray:
+    """Logits in input order; sorted batches, a lone adapter merged in memory (see fast_predict)."""
+    return fast_predict.logits(loaded, rows, batch_size, merge)
 
 
-def logits(loaded: LoadedRun, rows: Dataset, batch_size: int = 32) -> np.ndarray:
-    if hasattr(loaded, "activate"):
-        loaded.activate()
-    parts = [lg for lg, _ in _batches(loaded, rows, batch_size, "predicting")]
-    return torch.cat(parts).numpy() if parts else np.zeros((0, max(1, len(loaded.labels or [0]))))
-
-
-def predict(loaded: LoadedRun, rows: Dataset, batch_size: int = 32, top_k: int = 1) -> list[dict[str, Any]]:
+def predict(loaded: LoadedRun, rows: Dataset, batch_size: int | None = None, top_k: int = 1) -> list[dict[str, Any]]:
     out = logits(loaded, rows, batch_size)
     results = []
     for i, row in enumerate(rows):
@@ -111,7 +95,7 @@ def predict(loaded: LoadedRun, rows: Dataset, batch_size: int = 32, top_k: int =
     return results
 
 
-def evaluate(loaded: LoadedRun, split: str | None = None, batch_size: int = 32) -> dict[str, dict[str, float]]:
+def evaluate(loaded: LoadedRun, split: str | None = None, batch_size: int | None = None) -> dict[str, dict[str, float]]:
     recipe = loaded.info.recipe
     data = loaded.task.load_data(recipe.data, int(recipe.training.get("seed", 42)))
     if data.labels != loaded.labels:
