@@ -40,6 +40,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="alternating input-pipeline rounds; the best counts")
     p.add_argument("--epochs", type=int, default=2, help="training epochs per side (one round)")
     p.add_argument("--skip-training", action="store_true", help="measure the input pipelines only")
+    p.add_argument("--check-clips", type=int, default=300, help="clips whose decoded samples are compared with FFmpeg's")
     return p.parse_args()
 
 
@@ -101,6 +102,19 @@ def passes(loader, count: int) -> list[float]:
     return out
 
 
+def identical_decoding(paths: list[str], recipe) -> str:
+    """How many clips sft-hub's decoding (libsndfile for 16-bit PCM at the target rate) gives exactly as FFmpeg does."""
+    import numpy as np
+    from datasets import Audio
+
+    from sft_hub.tasks import audio, audio_data
+
+    rate = audio.load_processor(recipe.model).sampling_rate
+    same = sum(np.array_equal(audio_data.decode(p, rate)[0], np.asarray(Audio(sampling_rate=rate).decode_example({"path": p, "bytes": None})["array"], dtype=np.float32))
+               for p in paths)
+    return f"{same}/{len(paths)}"
+
+
 def main() -> None:
     a = parse_args()
     folder = Path(a.data_dir).resolve()
@@ -143,6 +157,7 @@ def main() -> None:
         prepared["baseline"] = (base_ds, fe, setup)
 
     n = len(prepared["sft-hub"][0])
+    same = identical_decoding(paths[:a.check_clips], recipe)
     rows = {"input pipeline, first pass": {k: n / min(v) for k, v in pipe.items()},
             "input pipeline, later passes": {k: n / min(v) for k, v in later.items()}}
     if not a.skip_training:
