@@ -114,10 +114,12 @@ def main() -> None:
         print(f"skipped: no SST-2 at {a.data_dir} (pass --data-dir)")
         return
     logging.disable(logging.WARNING)
+    import datasets
     import torch
     import transformers
 
     transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
     batches = sst2_batches(Path(a.data_dir), a.n)
     logit_diff, grad_diff = equality(batches[0])
     kinds = ["full", "lora (peft)", "lora (sft-hub)"]
