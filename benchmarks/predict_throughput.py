@@ -9,7 +9,9 @@ load from other jobs hits both alike):
   default batch size (1) and at sft-hub's batch size; the better of the two is the anchor.
 Text: the first `--texts` SST-2 training sentences on the SST-2 recipe's LoRA (MiniLM-L6). Images:
 `--images` photos of hymenoptera/val (repeated if needed) on a ResNet-18 (from its config) with LoRA.
-Loading is timed apart from predicting; the ratio is on inputs/s of the prediction itself, and the
+Times are CPU seconds of this process (`time.process_time`, one torch thread by default: on a shared
+machine wall time mostly measures the other jobs; neither side uses worker processes). Loading is timed
+apart from predicting; the ratio is on inputs/s of the prediction itself, and the
 last column includes loading.
 
     HF_HUB_OFFLINE=1 python benchmarks/predict_throughput.py [--texts 2000] [--images 96] [--rounds 2] [--only text|image]
@@ -69,18 +71,18 @@ def inputs(kind: str, n: int) -> tuple[list, list[str]]:
 def sft_hub_side(run: Path, kind: str, args: list[str]) -> tuple[float, float, list[str]]:
     from sft_hub import inference
 
-    start = time.perf_counter()
+    start = time.process_time()
     loaded = inference.load_run(run)
     rows = loaded.task.read_inputs(loaded.info.recipe.data, args, None)
-    loaded_at = time.perf_counter()
+    loaded_at = time.process_time()
     out = inference.predict(loaded, rows)
-    return loaded_at - start, time.perf_counter() - loaded_at, [o["label"] for o in out]
+    return loaded_at - start, time.process_time() - loaded_at, [o["label"] for o in out]
 
 
 def pipeline_side(merged: Path, kind: str, items: list, batch_size: int) -> tuple[float, float, list[str]]:
     from transformers import pipeline
 
-    start = time.perf_counter()
+    start = time.process_time()
     if kind == "text":
         pipe = pipeline("text-classification", model=str(merged), device="cpu")
     else:
@@ -88,9 +90,9 @@ def pipeline_side(merged: Path, kind: str, items: list, batch_size: int) -> tupl
 
         processor = TimmWrapperImageProcessor(pretrained_cfg=AutoConfig.from_pretrained(merged).pretrained_cfg)
         pipe = pipeline("image-classification", model=str(merged), image_processor=processor, device="cpu")
-    loaded_at = time.perf_counter()
+    loaded_at = time.process_time()
     out = pipe(items, batch_size=batch_size)
-    return loaded_at - start, time.perf_counter() - loaded_at, [o[0]["label"] if isinstance(o, list) else o["label"] for o in out]
+    return loaded_at - start, time.process_time() - loaded_at, [o[0]["label"] if isinstance(o, list) else o["label"] for o in out]
 
 
 def main() -> None:
@@ -99,6 +101,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=96)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--only", choices=["text", "image"])
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time stays honest when other jobs share the cores)")
     a = p.parse_args()
     logging.disable(logging.WARNING)
     import datasets
@@ -110,6 +113,7 @@ def main() -> None:
 
     transformers.logging.set_verbosity_error()
     datasets.disable_progress_bars()
+    torch.set_num_threads(a.threads)
     tmp = Path(tempfile.mkdtemp())
     table = []
     for kind, n in (("text", a.texts), ("image", a.images)):

@@ -21,7 +21,6 @@ from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
 
 BATCH_SIZE = {"text_classification": 64, "image_classification": 32, "audio_classification": 32}
-IMAGE_WORKERS = 1  # decode + resize the next batch while the model runs this one (2-core machines)
 
 
 def default_batch_size(task_name: str) -> int:
@@ -67,9 +66,7 @@ def logits(loaded: Any, rows: Dataset, batch_size: int | None = None, merge: boo
     order = np.argsort(-np.asarray(lengths), kind="stable") if lengths is not None else np.arange(n)
     size = batch_size or default_batch_size(recipe.task)
     batches = [order[s:s + size].tolist() for s in range(0, n, size)]
-    workers = IMAGE_WORKERS if recipe.task == "image_classification" and len(batches) > 1 else 0
-    loader = DataLoader(features, batch_sampler=batches, collate_fn=loaded.task.collator(loaded.processor, recipe.data),
-                        num_workers=workers)
+    loader = DataLoader(features, batch_sampler=batches, collate_fn=loaded.task.collator(loaded.processor, recipe.data))
     device = next(model.parameters()).device
     out: torch.Tensor | None = None
     with torch.inference_mode():
