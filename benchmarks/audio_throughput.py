@@ -13,6 +13,8 @@ config with the same initial weights), on the same number of torch threads.
 Rows: the first pass over the data (sft-hub's includes its checks and caching), each later pass, and
 training (Trainer.train, `--epochs` epochs, sft-hub's preparation counted in). Rounds alternate the two
 sides and the best round of each counts, so load from other jobs on the machine hits both alike.
+Times are CPU seconds of this process (`time.process_time`, one torch thread by default; the recipe
+uses no DataLoader workers): on a shared machine wall time mostly measures the other jobs.
 Run from the repository root:
 
     HF_HUB_OFFLINE=1 python benchmarks/audio_throughput.py [--data-dir DIR] [--rounds 2] [--epochs 2]
@@ -40,6 +42,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="alternating input-pipeline rounds; the best counts")
     p.add_argument("--epochs", type=int, default=2, help="training epochs per side (one round)")
     p.add_argument("--skip-training", action="store_true", help="measure the input pipelines only")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time stays honest when other jobs share the cores)")
     p.add_argument("--check-clips", type=int, default=300, help="clips whose decoded samples are compared with FFmpeg's")
     return p.parse_args()
 
@@ -95,10 +98,10 @@ def passes(loader, count: int) -> list[float]:
     """Seconds for each of `count` passes over a DataLoader."""
     out = []
     for _ in range(count):
-        start = time.perf_counter()
+        start = time.process_time()
         for _batch in loader:
             pass
-        out.append(time.perf_counter() - start)
+        out.append(time.process_time() - start)
     return out
 
 
@@ -130,15 +133,16 @@ def main() -> None:
     from sft_hub.engine import make_loss
     from sft_hub.tasks import audio
 
+    torch.set_num_threads(a.threads)
     recipe = load_recipe(a.recipe, [f"data.data_dir={folder}", f"training.output_dir={tempfile.mkdtemp()}"])
     args = training_args(recipe, a.epochs)
     pipe: dict[str, list[float]] = {"sft-hub": [], "baseline": []}
     later: dict[str, list[float]] = {"sft-hub": [], "baseline": []}
     prepared = {}
     for _ in range(a.rounds):
-        start = time.perf_counter()
+        start = time.process_time()
         train_ds, collate, labels = sft_hub_side(recipe)
-        setup = time.perf_counter() - start
+        setup = time.process_time() - start
         loader = Trainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=train_ds, data_collator=collate).get_train_dataloader()
         first, second = passes(loader, 2)
         pipe["sft-hub"].append(setup + first)
@@ -147,9 +151,9 @@ def main() -> None:
 
         paths = [v["path"] for v in audio.load_data(recipe.data, seed=42).splits["train"]["audio"]]
         ids = [int(Path(p).name.split("_")[0]) for p in paths]
-        start = time.perf_counter()
+        start = time.process_time()
         base_ds, fe = baseline_side(recipe, paths, ids)
-        setup = time.perf_counter() - start
+        setup = time.process_time() - start
         loader = Trainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=base_ds, processing_class=fe).get_train_dataloader()
         first, second = passes(loader, 2)
         pipe["baseline"].append(setup + first)
@@ -167,9 +171,9 @@ def main() -> None:
             ds, extra, setup = prepared[side]
             kwargs = {"data_collator": extra, "compute_loss_func": make_loss(False)} if side == "sft-hub" else {"processing_class": extra}
             trainer = Trainer(model=model, args=args, train_dataset=ds, **kwargs)
-            start = time.perf_counter()
+            start = time.process_time()
             trainer.train()
-            rates[side] = a.epochs * n / (time.perf_counter() - start + (setup if side == "sft-hub" else 0.0))
+            rates[side] = a.epochs * n / (time.process_time() - start + (setup if side == "sft-hub" else 0.0))
         rows[f"training, {a.epochs} epochs"] = rates
 
     print(f"FSDD train split: {n} clips from {folder}; model {recipe.model.name_or_path} from config; batch "
