@@ -14,7 +14,7 @@ the fast layouts (equal to autograd's to float rounding; tests compare both path
 draws cannot get cheaper without changing results, so they stay.
 
 `install(model)` swaps the forward of each plain LoRA Linear (no DoRA or other variant, no LoRA bias,
-no mixed-adapter batches); anything else falls through to peft's own forward. Parameters, module
+no mixed-adapter batches, no autocast); anything else falls through to peft's own forward. Parameters, module
 names, saving, loading and merging are peft's, untouched.
 """
 
@@ -75,8 +75,8 @@ def _keep_mask(dropout: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor | None
 def _forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """peft's `lora.Linear.forward` for the plain case, the LoRA branch through `LoraDelta`."""
     reference = type(self).forward
-    if args or kwargs or self.disable_adapters or self.merged:
-        return reference(self, x, *args, **kwargs)
+    if args or kwargs or self.disable_adapters or self.merged or torch.is_autocast_enabled(x.device.type):
+        return reference(self, x, *args, **kwargs)  # autocast (bf16/fp16): peft's path, whose casts autograd tracks
     active = [n for n in self.active_adapters if n in self.lora_A.keys()]
     plans = []
     for name in active:
