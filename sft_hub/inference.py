@@ -14,11 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import EvalPrediction
 
-from sft_hub import console
+from sft_hub import fast_predict
 from sft_hub.errors import DataError, RunError
 from sft_hub.runs import Run, verify_base  # noqa: F401  (verify_base re-exported)
 
@@ -56,33 +54,9 @@ def batch_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> np.n
         return model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
 
 
-def _batches(loaded: LoadedRun, rows: Dataset, batch_size: int, desc: str):
-    recipe = loaded.info.recipe
-    with console.data_bars(len(rows) >= 5 * batch_size):  # a bar for a real split, none for a few inputs
-        encoded = loaded.task.encode(DatasetDict({"rows": rows}), loaded.processor, recipe.data, recipe.model, None)["rows"]
-    collate = loaded.task.collator(loaded.processor, recipe.data)
-    loader = DataLoader(encoded, batch_size=batch_size, collate_fn=collate)
-    device = next(loaded.model.parameters()).device
-    for batch in tqdm(loader, desc=desc, leave=False, disable=len(encoded) < 5 * batch_size):
-        labels = batch.pop("labels", None)
-        with torch.no_grad():
-            logits = loaded.model(**{k: v.to(device) for k, v in batch.items()}).logits
-        yield logits.float().cpu(), labels
-
-
-def logits(loaded: LoadedRun, rows: Dataset, batch_size: int = 32) -> np.ndarray:
-    if hasattr(loaded, "activate"):
-        loaded.activate()
-    parts = [lg for lg, _ in _batches(loaded, rows, batch_size, "predicting")]
-    return _concat(parts) if parts else np.zeros((0, max(1, len(loaded.labels or [0]))))
-
-
-def _concat(parts: list[torch.Tensor]) -> np.ndarray:
-    """Batches stacked; sequence outputs (CTC frames) padded on the time axis with -100, as the Trainer pads them."""
-    if len({p.shape[1:] for p in parts}) > 1:
-        width = max(p.shape[1] for p in parts)
-        parts = [torch.nn.functional.pad(p, (0, 0, 0, width - p.shape[1]), value=-100.0) for p in parts]
-    return torch.cat(parts).numpy()
+def logits(loaded: LoadedRun, rows: Dataset, batch_size: int | None = None, merge: bool = True) -> np.ndarray:
+    """Logits in input order; sorted batches, a lone adapter merged in memory (see fast_predict)."""
+    return fast_predict.logits(loaded, rows, batch_size, merge)
 
 
 def _label_ids(values: list) -> np.ndarray:
@@ -93,7 +67,7 @@ def _label_ids(values: list) -> np.ndarray:
     return np.asarray(values)
 
 
-def predict(loaded: LoadedRun, rows: Dataset, batch_size: int = 32, top_k: int = 1) -> list[dict[str, Any]]:
+def predict(loaded: LoadedRun, rows: Dataset, batch_size: int | None = None, top_k: int = 1) -> list[dict[str, Any]]:
     out = logits(loaded, rows, batch_size)
     if hasattr(loaded.task, "format_predictions"):  # outputs that are not class scores (speech: transcripts)
         return loaded.task.format_predictions(loaded, rows, out, top_k)
@@ -113,7 +87,7 @@ def predict(loaded: LoadedRun, rows: Dataset, batch_size: int = 32, top_k: int =
     return results
 
 
-def evaluate(loaded: LoadedRun, split: str | None = None, batch_size: int = 32) -> dict[str, dict[str, float]]:
+def evaluate(loaded: LoadedRun, split: str | None = None, batch_size: int | None = None) -> dict[str, dict[str, float]]:
     recipe = loaded.info.recipe
     data_cfg = loaded.info.data_config()
     data = loaded.task.load_data(data_cfg, int(recipe.training.get("seed", 42)))

@@ -11,6 +11,7 @@ and resamples through `datasets.Audio(sampling_rate=...)`; channels are averaged
 
 from __future__ import annotations
 
+import glob
 import io
 import os
 import re
@@ -63,7 +64,8 @@ def from_audiofolder(data: Any) -> DatasetDict:
 def from_filenames(data: Any, train_split: str) -> DatasetDict:
     """Files under data_dir matching `file_glob`; label from `label_regex`, split from `split_regex` (else train)."""
     folder = _existing_dir(data.data_dir)
-    files = sorted(p for p in folder.glob(data.file_glob) if p.is_file())
+    # strings sorted part by part (as Path sorts them): comparing Path objects cost ~1 ms a file on a busy machine
+    files = [Path(f) for f in sorted(glob.glob(os.path.join(glob.escape(str(folder)), data.file_glob), recursive=True), key=lambda f: f.split(os.sep)) if os.path.isfile(f)]
     if not files:
         raise DataError(f"data.file_glob: no files match {data.file_glob!r} in {folder}")
     label_re = re.compile(data.label_regex)
@@ -190,6 +192,9 @@ def decode(value: Any, sampling_rate: int) -> tuple[np.ndarray, int]:
     """(mono float32 samples at `sampling_rate`, the file's own rate): FFmpeg resamples when they differ."""
     if isinstance(value, str):
         value = {"path": value, "bytes": None}
+    fast = _decode_pcm16(value, sampling_rate)
+    if fast is not None:
+        return fast
     _decoder_class()
     try:
         audio = Audio(sampling_rate=sampling_rate).decode_example(value)
@@ -200,6 +205,26 @@ def decode(value: Any, sampling_rate: int) -> tuple[np.ndarray, int]:
     if array.size == 0:
         raise DataError(f"audio file {name_of(value)}: no audio samples")
     return np.asarray(array, dtype=np.float32), source_rate
+
+
+def _decode_pcm16(value: dict, sampling_rate: int) -> tuple[np.ndarray, int] | None:
+    """16-bit PCM WAV/FLAC already at `sampling_rate`, read by libsndfile: the samples FFmpeg gives (v / 32768, channels
+    averaged the way `datasets` does), without opening an FFmpeg decoder per clip (~4 ms each). None: not such a file."""
+    data, path = value.get("bytes"), value.get("path")
+    if data is None and not (path and os.path.isfile(path)):
+        return None
+    try:
+        import soundfile
+
+        with soundfile.SoundFile(io.BytesIO(data) if data is not None else path) as f:
+            if f.samplerate != sampling_rate or f.subtype != "PCM_16" or f.format not in ("WAV", "FLAC"):
+                return None
+            samples = f.read(dtype="float32", always_2d=True).T  # (channels, frames), as torchcodec returns them
+    except Exception:  # torchcodec decides, and words the error
+        return None
+    if samples.shape[1] == 0:
+        return None
+    return np.asarray(np.mean(samples, axis=(0,)), dtype=np.float32), sampling_rate
 
 
 def list_inputs(values: list[str], file: Path | None) -> list[str]:

@@ -144,14 +144,19 @@ def save_processor(processor: Any, path: Path) -> None:
     processor.save_pretrained(path)
 
 
+def tokenize(processor: Any, data: DataConfig, text_a: list[str], text_b: list[str] | None = None) -> dict:
+    """Token ids (unpadded) and their `length`; `encode` maps it over splits, prediction calls it directly."""
+    enc = processor(text_a, text_b, truncation=True, max_length=data.max_length)
+    enc["length"] = [len(ids) for ids in enc["input_ids"]]
+    return enc
+
+
 def encode(splits: DatasetDict, processor: Any, data: DataConfig, model: ModelConfig, train_split: str | None) -> DatasetDict:
-    def tokenize(batch: dict) -> dict:
-        enc = processor(batch["text_a"], batch["text_b"] if "text_b" in batch else None, truncation=True, max_length=data.max_length)
-        enc["length"] = [len(ids) for ids in enc["input_ids"]]
-        return enc
+    def tokenize_batch(batch: dict) -> dict:
+        return tokenize(processor, data, batch["text_a"], batch["text_b"] if "text_b" in batch else None)
 
     drop = [c for c in ("text_a", "text_b") if c in next(iter(splits.values())).column_names]
-    encoded = DatasetDict({name: ds.map(tokenize, batched=True, remove_columns=drop, desc=f"tokenizing {name}") for name, ds in splits.items()})
+    encoded = DatasetDict({name: ds.map(tokenize_batch, batched=True, remove_columns=drop, desc=f"tokenizing {name}") for name, ds in splits.items()})
     warn_truncated(splits, encoded, processor, data.max_length)
     return encoded
 
