@@ -20,7 +20,7 @@ import yaml
 
 from sft_hub.errors import ConfigError
 
-TOP_LEVEL_KEYS = ("task", "description", "model", "data", "strategy", "training", "engine", "metrics")
+TOP_LEVEL_KEYS = ("task", "description", "model", "data", "strategy", "training", "engine")
 
 
 @dataclass
@@ -29,6 +29,8 @@ class EngineConfig:
 
     nonfinite_loss: typing.Literal["error", "skip"] = "error"  # a NaN/inf loss stops the run, or is skipped
     max_nonfinite_skips: int = 10
+    early_stopping_patience: int | None = None  # stop after this many evaluations without improvement (EarlyStoppingCallback)
+    early_stopping_threshold: float = 0.0  # how much `metric_for_best_model` must improve to count
 
 
 @dataclass
@@ -40,7 +42,6 @@ class Recipe:
     training: dict[str, Any]
     description: str = ""
     engine: EngineConfig = field(default_factory=EngineConfig)
-    metrics: list[str] = field(default_factory=list)  # extra Hub `evaluate` metrics (online users)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # resolved YAML, written to the run dir
 
     @property
@@ -166,7 +167,9 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"recipe {path}: file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"recipe {path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -183,6 +186,8 @@ def parse_recipe(raw: dict) -> Recipe:
     from sft_hub.tasks import get_task
     from sft_hub.training_args import validate_training
 
+    if "metrics" in raw:  # older recipes: the list was never used; metrics are the task's own (see README)
+        raise ConfigError("metrics: not supported; each task computes its own metrics offline (see the README), remove this key")
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
             raise unknown_key("", key, TOP_LEVEL_KEYS)
@@ -199,7 +204,6 @@ def parse_recipe(raw: dict) -> Recipe:
         training=validate_training(raw["training"]),
         description=check_type(raw.get("description", ""), str, "description"),
         engine=from_dict(EngineConfig, raw.get("engine"), "engine"),
-        metrics=check_type(raw.get("metrics") or [], list[str], "metrics"),
         raw=raw,
     )
     return recipe
