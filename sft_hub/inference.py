@@ -21,7 +21,7 @@ from transformers import EvalPrediction
 from sft_hub.base_model import files_sha256
 from sft_hub.errors import DataError, RunError
 from sft_hub.runs import RunInfo, open_run
-from sft_hub.strategies import load_learned
+from sft_hub.strategies import check_adapter_folder, load_learned
 from sft_hub.tasks import get_task
 
 log = logging.getLogger("sft_hub")
@@ -152,6 +152,8 @@ def load_adapters(run_dirs: list[str | Path], allow_base_mismatch: bool = False)
     processor = task.load_processor(first.recipe.model, saved=first.run_dir / "processor")
     built = task.build_model(first.recipe.model, first.manifest["labels"])
     verify_base(built.weight_files, first.manifest, allow_base_mismatch)
+    for info in infos:
+        check_adapter_folder(info.run_dir / "adapter")
     names = [f"{i}_{info.run_dir.name}" for i, info in enumerate(infos)]
     model = PeftModel.from_pretrained(built.model, first.run_dir / "adapter", adapter_name=names[0])
     for name, info in zip(names[1:], infos[1:]):

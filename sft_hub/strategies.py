@@ -65,6 +65,9 @@ def parse_strategy(raw: Any) -> StrategyConfig:
         for key in ("r", "lora_alpha"):
             if key in options and (not isinstance(options[key], (int, float)) or options[key] <= 0):
                 raise ConfigError(f"strategy.{key}: must be a positive number, got {options[key]!r}")
+        dropout = options.get("lora_dropout", 0.0)
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+            raise ConfigError(f"strategy.lora_dropout: must be a number in [0, 1), got {dropout!r}")
     return StrategyConfig(name=name, options=options)
 
 
@@ -101,8 +104,10 @@ def apply_strategy(model: nn.Module, strategy: StrategyConfig, head_modules: lis
         raise ConfigError(f"strategy: {str(exc).splitlines()[0]}") from None
     try:
         peft_model = get_peft_model(model, config)
-    except ValueError as exc:
-        raise ConfigError(f"strategy.target_modules: {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:  # peft's LoRA layers check the dropout here too: blame what the message names
+        message = str(exc).splitlines()[0]
+        field = "lora_dropout" if "dropout" in message.lower() else "target_modules"
+        raise ConfigError(f"strategy.{field}: {message}") from None
     _keep_frozen_batchnorm_in_eval(peft_model)
     return peft_model
 
@@ -140,6 +145,7 @@ def load_learned(base: nn.Module, strategy: StrategyConfig, run_dir: Path) -> nn
     if not folder.is_dir():
         raise RunError(f"{folder}: missing; the run has no saved {strategy.saved_as}")
     if strategy.name == "lora":
+        check_adapter_folder(folder)
         try:
             return PeftModel.from_pretrained(base, folder, is_trainable=False)
         except Exception as exc:  # corrupt / missing adapter files
@@ -155,3 +161,10 @@ def load_learned(base: nn.Module, strategy: StrategyConfig, run_dir: Path) -> nn
         base.load_state_dict(state, strict=False)
         return base
     raise RunError(f"strategy {strategy.name}: loads as a full model from {folder}")
+
+
+def check_adapter_folder(folder: Path) -> None:
+    """Name a missing adapter file (peft would report it as "Repo id must be a string")."""
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        if not (folder / name).is_file():
+            raise RunError(f"{folder / name}: missing; the adapter in {folder} is incomplete (copy it again, or train again)")

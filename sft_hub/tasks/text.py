@@ -36,6 +36,12 @@ class ModelConfig:
     trust_remote_code: bool = False
     dropout: float | None = None  # overrides hidden and attention dropout of the config when set
 
+    def validate(self, where: str) -> None:
+        if self.name_or_path.startswith(("/", "./", "../", "~")) and not Path(self.name_or_path).expanduser().is_dir():
+            raise ConfigError(f"{where}.name_or_path: folder {self.name_or_path} not found")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"{where}.dropout: must be in [0, 1), got {self.dropout}")
+
 
 @dataclass
 class DataConfig:
@@ -131,7 +137,11 @@ def load_data(data: DataConfig, seed: int) -> TaskData:
 
 def load_processor(model: ModelConfig, saved: Path | None = None) -> Any:
     source = str(saved) if saved else resolve_source(model.name_or_path)
-    return AutoTokenizer.from_pretrained(source, revision=None if saved else model.revision, trust_remote_code=model.trust_remote_code)
+    try:
+        return AutoTokenizer.from_pretrained(source, revision=None if saved else model.revision, trust_remote_code=model.trust_remote_code)
+    except (OSError, ValueError) as exc:  # no such model / folder, offline without a cached copy, no tokenizer files
+        where = f"{saved}" if saved else f"model.name_or_path: {model.name_or_path!r}"
+        raise ConfigError(f"{where}: cannot load a tokenizer: {str(exc).strip().splitlines()[0]}") from None
 
 
 def save_processor(processor: Any, path: Path) -> None:
