@@ -129,6 +129,8 @@ def load_data(data: DataConfig, seed: int) -> TaskData:
             raw = load_files(data.source, data.data_files)
             origin = "data_files"
         raw = _select_text_columns(raw, data, origin)
+        label_utils.check_labels_present(raw, data.data_files if data.source else None, data.label_column,
+                                         header=data.source in ("csv", "tsv"))
         splits, train_split, evals = label_utils.choose_splits(raw, data.train_split, data.eval_splits, data.validation_fraction, seed)
         splits, labels = label_utils.encode_labels(splits, train_split, evals, data.problem_type)
     splits = label_utils.limit(splits, train_split, evals, data.max_train_samples, data.max_eval_samples, seed)
