@@ -144,6 +144,7 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
         if files_sha256(built.weight_files) != base["files"]:
             raise RunError(f"base weight files {', '.join(map(str, built.weight_files))} changed on disk during training")
 
+    trainer.remove_callback(EarlyStoppingCallback)  # the final evaluations below use their own metric names
     metrics = {name: trainer.evaluate(eval_dataset=ds, metric_key_prefix=f"eval_{name}") for name, ds in eval_sets.items()}
     trained_sha = tensors_sha256(trainable_state(trainer.accelerator.unwrap_model(trainer.model)).items())
     log.warning("rank %d: trained weights sha256 %s", args.process_index, trained_sha)
