@@ -29,7 +29,7 @@ def check_recipe(recipe: Any) -> None:
     if steps is not None and steps < -1 or steps == 0:
         raise ConfigError(f"training.max_steps: must be > 0 (or left out to train num_train_epochs), got {steps}")
     if (steps is None or steps < 0) and epochs <= 0:
-        raise ConfigError(f"training.num_train_epochs: {epochs} trains nothing; give num_train_epochs > 0 or max_steps > 0")
+        raise ConfigError(f"training.num_train_epochs: {epochs:g} trains nothing; give num_train_epochs > 0 or max_steps > 0")
     smoothing = training.get("label_smoothing_factor", 0.0)
     if not 0 <= smoothing < 1:
         raise ConfigError(f"training.label_smoothing_factor: must be in [0, 1), got {smoothing}")
