@@ -135,7 +135,9 @@ class FiniteWeights(TrainerCallback):
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
     def on_step_end(self, args, state, control, **kwargs):
-        for name, p in self.params:
+        model = kwargs.get("model")  # the model Trainer trains (wrapped for DDP/FSDP), when it passes one
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad] if model is not None else self.params
+        for name, p in params:
             if not torch.isfinite(p.detach()).all():
                 raise NonFiniteLoss(f"non-finite weights after step {state.global_step} (in {name}); "
                                     f"training.learning_rate={args.learning_rate} may be too high")

@@ -9,6 +9,7 @@ refused by name. Each error names the recipe field (or the data file and row) at
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from sft_hub.errors import ConfigError, DataError
@@ -64,6 +65,13 @@ def check_data(recipe: Any, data: Any) -> None:
                         "a classifier needs at least two")
     if data.labels is None and recipe.training.get("label_smoothing_factor"):
         raise ConfigError("training.label_smoothing_factor: only for classification; this data is regression (one output)")
+
+
+def check_model_source(recipe: Any) -> None:
+    """A model path that does not exist is named as a missing folder (not as a malformed Hub repo id)."""
+    name = getattr(recipe.model, "name_or_path", None)
+    if isinstance(name, str) and name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+        raise ConfigError(f"model.name_or_path: folder {name} not found")
 
 
 def check_model(recipe: Any, model: Any) -> None:

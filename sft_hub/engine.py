@@ -22,7 +22,7 @@ from transformers import EarlyStoppingCallback, set_seed
 from sft_hub import runs
 from sft_hub.base_model import files_sha256, tensors_sha256
 from sft_hub.callbacks import CompleteCheckpoints, EpochSeeds, FiniteWeights, GracefulStop, MetricsLog, NonFiniteGuard
-from sft_hub.checks import check_data, check_model, check_recipe
+from sft_hub.checks import check_data, check_model, check_model_source, check_recipe
 from sft_hub.config import Recipe
 from sft_hub.errors import ConfigError, RunError
 from sft_hub.hub import write_model_card
@@ -77,6 +77,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
     seed = int(training.get("seed", 42))
     data = task.load_data(recipe.data, seed)  # bad data fails here, before any model is loaded
     check_data(recipe, data)
+    check_model_source(recipe)
     args = build_training_args(training, run_dir, remove_unused_columns=False)
     with RunLock(run_dir, "train") if args.should_save else contextlib.nullcontext():
         return _train(recipe, task, data, args, keep, seed, overwrite, resume)

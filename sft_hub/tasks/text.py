@@ -37,8 +37,6 @@ class ModelConfig:
     dropout: float | None = None  # overrides hidden and attention dropout of the config when set
 
     def validate(self, where: str) -> None:
-        if self.name_or_path.startswith(("/", "./", "../", "~")) and not Path(self.name_or_path).expanduser().is_dir():
-            raise ConfigError(f"{where}.name_or_path: folder {self.name_or_path} not found")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ConfigError(f"{where}.dropout: must be in [0, 1), got {self.dropout}")
 
