@@ -18,7 +18,7 @@ from transformers import EvalPrediction
 
 from sft_hub import fast_predict
 from sft_hub.errors import DataError, RunError
-from sft_hub.runs import Run, verify_base  # noqa: F401  (verify_base re-exported)
+from sft_hub.strategies.peft import check_adapter_folder
 
 log = logging.getLogger("sft_hub")
 
@@ -125,6 +125,7 @@ def load_adapters(run_dirs: list[str | Path], allow_base_mismatch: bool = False)
         if len(info.labels or [0]) != len(first.labels or [0]):
             raise RunError(f"--adapter {info.run_dir}: {len(info.labels or [0])} outputs, but {first.run_dir} has "
                            f"{len(first.labels or [0])}; adapters sharing one base need heads of one size")
+        check_adapter_folder(info.run_dir / "adapter")
     task, processor = first.task, first.load_processor()
     base = first.build_base(allow_base_mismatch)
     names = [f"{i}_{info.run_dir.name}" for i, info in enumerate(infos)]

@@ -174,6 +174,7 @@ def make_strategy(method: PeftMethod) -> type:
 
         def load(self, base: nn.Module, folder: Path) -> nn.Module:
             target = saved_folder(self, folder)
+            check_adapter_folder(target)
             try:
                 return PeftModel.from_pretrained(base, target, is_trainable=False)
             except Exception as exc:  # corrupt / missing adapter files
@@ -184,3 +185,10 @@ def make_strategy(method: PeftMethod) -> type:
 
 
 STRATEGIES = {method.name: make_strategy(method) for method in METHODS}
+
+
+def check_adapter_folder(folder: Path) -> None:
+    """Name a missing adapter file (peft would report it as "Repo id must be a string")."""
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        if not (folder / name).is_file():
+            raise RunError(f"{folder / name}: missing; the adapter in {folder} is incomplete (copy it again, or train again)")

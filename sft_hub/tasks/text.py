@@ -41,6 +41,10 @@ class ModelConfig:
     trust_remote_code: bool = False
     dropout: float | None = None  # overrides hidden and attention dropout of the config when set
 
+    def validate(self, where: str) -> None:
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"{where}.dropout: must be in [0, 1), got {self.dropout}")
+
 
 @dataclass
 class DataConfig:
@@ -129,6 +133,8 @@ def load_data(data: DataConfig, seed: int) -> TaskData:
             raw = load_files(data.source, data.data_files)
             origin = "data_files"
         raw = _select_text_columns(raw, data, origin)
+        label_utils.check_labels_present(raw, data.data_files if data.source else None, data.label_column,
+                                         header=data.source in ("csv", "tsv"))
         splits, train_split, evals = label_utils.choose_splits(raw, data.train_split, data.eval_splits, data.validation_fraction, seed)
         splits, labels = label_utils.encode_labels(splits, train_split, evals, data.problem_type)
     splits = label_utils.limit(splits, train_split, evals, data.max_train_samples, data.max_eval_samples, seed)
@@ -137,7 +143,11 @@ def load_data(data: DataConfig, seed: int) -> TaskData:
 
 def load_processor(model: ModelConfig, saved: Path | None = None) -> Any:
     source = str(saved) if saved else resolve_source(model.name_or_path)
-    return AutoTokenizer.from_pretrained(source, revision=None if saved else model.revision, trust_remote_code=model.trust_remote_code)
+    try:
+        return AutoTokenizer.from_pretrained(source, revision=None if saved else model.revision, trust_remote_code=model.trust_remote_code)
+    except (OSError, ValueError) as exc:  # no such model / folder, offline without a cached copy, no tokenizer files
+        where = f"{saved}" if saved else f"model.name_or_path: {model.name_or_path!r}"
+        raise ConfigError(f"{where}: cannot load a tokenizer: {str(exc).strip().splitlines()[0]}") from None
 
 
 def save_processor(processor: Any, path: Path) -> None:
