@@ -33,6 +33,7 @@ class EngineConfig:
     max_nonfinite_skips: int = 10
     early_stopping_patience: int | None = None  # stop after this many evaluations without improvement (EarlyStoppingCallback)
     early_stopping_threshold: float = 0.0  # how much `metric_for_best_model` must improve to count
+    report: bool = True  # write <run>/report (curves, confusion matrix, per-class table, worst mistakes) at the end
 
 
 @dataclass
