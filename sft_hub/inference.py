@@ -18,6 +18,7 @@ from transformers import EvalPrediction
 
 from sft_hub import fast_predict
 from sft_hub.errors import DataError, RunError
+from sft_hub.runs import Run, verify_base  # noqa: F401  (verify_base re-exported)
 from sft_hub.strategies.peft import check_adapter_folder
 
 log = logging.getLogger("sft_hub")

@@ -73,7 +73,7 @@ TRAIN = {  # case: (recipe edits, extra argv, expected text in the error line)
     "missing model folder": ({"model.name_or_path": "/no/such/model"}, [], "model.name_or_path: folder /no/such/model not found"),
     "unknown hub model": ({"model.name_or_path": "nobody/no-such-model"}, [], "model.name_or_path: 'nobody/no-such-model': cannot load"),
     "max_length above positions": ({"data.max_length": 500}, [], "data.max_length: 500 is above what"),
-    "lora dropout": ({"strategy.lora_dropout": 5.0}, [], "strategy.lora_dropout: must be a number in [0, 1), got 5.0"),
+    "lora dropout": ({"strategy.lora_dropout": 5.0}, [], "strategy.lora_dropout: must be a probability between 0 and 1, got 5.0"),
     "lora rank": ({"strategy.r": 0}, [], "strategy.r: must be a positive number"),
     "lora targets": ({"strategy.target_modules": ["nosuch"]}, [], "strategy.target_modules:"),
     "model dropout": ({"model.dropout": 3}, [], "model.dropout: must be in [0, 1)"),
