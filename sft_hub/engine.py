@@ -24,6 +24,7 @@ from sft_hub.config import Recipe
 from sft_hub.errors import RunError
 from sft_hub.inference import encode_batch
 from sft_hub.manifest import build_manifest
+from sft_hub.resources import PeakMemory
 from sft_hub.runs import Run
 from sft_hub.sampling import EngineTrainer
 from sft_hub.strategies import count_parameters, frozen_params, saves_whole_model, trainable_state
@@ -53,8 +54,11 @@ def make_loss(regression: bool):
     return loss_fn
 
 
-def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) -> dict[str, Any]:
-    """Train a recipe into its run directory; returns {"run_dir", "metrics", "manifest", "trainer", "stopped"}."""
+def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True, callbacks: list | None = None) -> dict[str, Any]:
+    """Train a recipe into its run directory; returns {"run_dir", "metrics", "manifest", "trainer", "stopped"}.
+
+    `callbacks`: extra TrainerCallbacks (e.g. `sft-hub select`'s time budget).
+    """
     task = get_task(recipe.task)
     strategy = recipe.strategy
     run = Run.create(recipe)
@@ -95,12 +99,15 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         compute_loss_func=guard,
         param_groups=strategy.param_groups,
         processing_class=processor if hasattr(processor, "model_input_names") else None,
-        callbacks=[CompleteCheckpoints(run_dir, keep), MetricsLog(run_dir / runs.METRICS_LOG), stop, EpochSeeds(seeded, seed)],
+        callbacks=[CompleteCheckpoints(run_dir, keep), MetricsLog(run_dir / runs.METRICS_LOG), stop, EpochSeeds(seeded, seed),
+                   *(callbacks or [])],
     )
     guard.state = trainer.state
     if checkpoint:
         log.warning("resuming from %s", checkpoint)
+    peak = PeakMemory().start()
     train_out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    resources = peak.result()  # training only: evaluation and saving come after
     if stop.requested:
         log.warning("stopped by SIGTERM at step %d with a complete checkpoint; run the same command to resume", trainer.state.global_step)
         return {"run_dir": run_dir, "metrics": {}, "manifest": None, "trainer": trainer, "stopped": True}
@@ -127,6 +134,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         manifest = build_manifest(recipe, built, base_ref, base_files, data, frozen_before, trained_sha, count_parameters(model),
                                   metrics, train_out.metrics, args, task)
         manifest["nonfinite_skipped"] = guard.skipped
+        manifest["resources"] = resources
         run.write_json(runs.EVAL_RESULTS, metrics)
         write_model_card(run_dir, recipe, manifest)
         run.finish(manifest)  # the manifest is written last: its presence means "finished"
