@@ -99,7 +99,7 @@ def cmd_push(a: argparse.Namespace) -> None:
 
 def cmd_select(a: argparse.Namespace) -> None:
     from sft_hub.selection import SelectPlan, default_cheap, is_main_process, run_select
-    from sft_hub.selection_spec import parse_budget, parse_strategies, split_list
+    from sft_hub.selection_spec import parse_budget, parse_learning_rates, parse_strategies, split_list
 
     models = split_list(a.models, "--models")
     plan = SelectPlan(
@@ -107,7 +107,7 @@ def cmd_select(a: argparse.Namespace) -> None:
         cheap=parse_strategies(a.cheap or default_cheap(), "--cheap")[0][1],
         output=Path(a.output or f"runs/select_{Path(a.recipe).stem}"), sample=a.sample, top_k=a.finetune_top,
         budget=parse_budget(a.budget), cheap_budget=parse_budget(a.cheap_budget, "--cheap-budget"),
-        val_fraction=a.val_fraction, val_max=a.val_max, overwrite=a.overwrite)
+        val_fraction=a.val_fraction, val_max=a.val_max, overwrite=a.overwrite, learning_rates=parse_learning_rates(a.lr))
     board = run_select(plan)
     if is_main_process():
         from sft_hub.leaderboard import markdown
@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cheap-budget", default="1epoch", help="training budget of a cheap candidate (default 1epoch; a probe ignores it)")
     s.add_argument("--finetune-top", type=int, default=2, metavar="K", help="fine-tune the K best backbones of the cheap stage (default 2)")
     s.add_argument("--budget", default="200steps", help="budget of each fine-tune: 200steps, 2epochs, 5min, 90s (default 200steps)")
+    s.add_argument("--lr", help="learning rate per strategy name or label, e.g. full=5e-5,head=5e-3 (default: the recipe's for all)")
     s.add_argument("--val-fraction", type=float, help="fraction of train carved off to rank on (default: the recipe's, else 0.1)")
     s.add_argument("--val-max", type=int, help="cap the carved ranking split at this many rows")
     s.add_argument("--output", help="folder for candidate runs and the leaderboard (default runs/select_<recipe>)")

@@ -43,6 +43,11 @@ OK_ROW_KEYS = {"reported": dict, "trainable_params": int, "total_params": int, "
                "train_steps": (int, type(None)), "peak_rss_bytes": (int, type(None)), "wall_seconds": (float, type(None))}
 
 
+def short_model(name: str) -> str:
+    """A local folder by its last component (the JSON keeps the full path); Hub ids and aliases as given."""
+    return Path(name).name if Path(name).is_absolute() else name
+
+
 def check(board: dict[str, Any]) -> None:
     """Raise ValueError naming the first key that breaks the schema above."""
     def need(obj: dict, keys: dict, where: str) -> None:
@@ -74,10 +79,10 @@ def markdown(board: dict[str, Any]) -> str:
     cells = []
     for row in board["candidates"]:
         if row["status"] != "ok":
-            cells.append(["-", row["stage"], row["model"], row["label"], "failed: " + row["error"][:60], *("-" for _ in reported),
+            cells.append(["-", row["stage"], short_model(row["model"]), row["label"], "failed: " + row["error"][:60], *("-" for _ in reported),
                           *("-" for _ in range(6))])
             continue
-        cells.append([str(row["rank"] or "-"), row["stage"], row["model"], row["label"], num(row["score"], ".4f"),
+        cells.append([str(row["rank"] or "-"), row["stage"], short_model(row["model"]), row["label"], num(row["score"], ".4f"),
                       *(num(row["reported"].get(s), ".4f") for s in reported), human_count(row["trainable_params"]),
                       human_count(row["total_params"]), human_bytes(row["saved_bytes"]), num(row["train_seconds"]),
                       num(row["train_samples_per_second"]), human_bytes(row["peak_rss_bytes"])])
@@ -88,10 +93,10 @@ def markdown(board: dict[str, Any]) -> str:
              "", markdown_table(header, cells), ""]
     cheap = board["cheap"]
     lines.append(f"Cheap stage ({cheap['strategy']['name']}, <= {cheap['sample']} training rows): "
-                 f"{' > '.join(cheap['ranking'])}; fine-tuned: {', '.join(board['finetune']['models']) or 'none'}.")
+                 f"{' > '.join(map(short_model, cheap['ranking']))}; fine-tuned: {', '.join(map(short_model, board['finetune']['models'])) or 'none'}.")
     if board["best"]:
         b = board["best"]
-        lines.append(f"Best: {b['model']} with {b['strategy']} ({metric} {b['score']:.4f} on `{r['split']}`); "
+        lines.append(f"Best: {short_model(b['model'])} with {b['strategy']} ({metric} {b['score']:.4f} on `{r['split']}`); "
                      f"cheap stage's top backbone is {'' if board['cheap_top_is_best_after_finetune'] else 'not '}the best after fine-tuning.")
     w = board["wall_seconds"]
     lines.append(f"Wall time: cheap {w['cheap']:.0f} s, fine-tune {w['finetune']:.0f} s, total {w['total']:.0f} s.")
@@ -124,7 +129,7 @@ def plot(board: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{board['metric']['name']} on {board['ranked_on']['split']}")
         ax.grid(alpha=0.3)
-    handles = [plt.Line2D([], [], marker="o", ls="", color=colors[m], label=m) for m in models]
+    handles = [plt.Line2D([], [], marker="o", ls="", color=colors[m], label=short_model(m)) for m in models]
     handles += [plt.Line2D([], [], marker="s", ls="", mfc="none", color="gray", label="cheap stage")]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
     fig.suptitle(f"sft-hub select: {Path(board['recipe']).name} ({board['task']})")

@@ -61,6 +61,7 @@ class SelectPlan:
     val_fraction: float | None = None  # default: the recipe's, else 0.1
     val_max: int | None = None  # cap the carved split at this many rows (a smaller fraction)
     overwrite: bool = False
+    learning_rates: dict[str, float] = dataclasses.field(default_factory=dict)  # strategy name or spec -> lr
 
 
 @dataclass
@@ -136,6 +137,9 @@ class Selector:
             training.pop(key, None)
         # only the final model is scored: no evaluation or checkpoints on the way (short runs, fewer files)
         training.update(eval_strategy="no", save_strategy="no", **budget.training_overrides())
+        lr = self.plan.learning_rates.get(label(strategy), self.plan.learning_rates.get(strategy.name))
+        if lr is not None:  # one recipe lr rarely suits head-only and full fine-tuning alike
+            training["learning_rate"] = lr
         training["output_dir"] = str(self.plan.output / stage / f"{slug(model)}__{slug(label(strategy))}")
         return raw
 

@@ -92,6 +92,21 @@ def parse_strategies(raw: str, flag: str = "--strategies") -> list[tuple[str, An
     return out
 
 
+def parse_learning_rates(raw: str | None, flag: str = "--lr") -> dict[str, float]:
+    """`full=5e-5,head=5e-3` -> {strategy name (or label): learning rate}."""
+    out: dict[str, float] = {}
+    for item in split_list(raw, flag) if raw else []:
+        key, _, text = item.rpartition("=")
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not key or value <= 0:
+            raise ConfigError(f"{flag}: expected STRATEGY=LR with a positive LR, e.g. full=5e-5; got {item!r}")
+        out[key] = value
+    return out
+
+
 def label(strategy: Any) -> str:
     """A short, stable name for a strategy with its options: `lora`, `partial:n=2`, `lora:r=16:alpha=32`."""
     options = {k: v for k, v in strategy.to_dict().items() if k != "name"}

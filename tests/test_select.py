@@ -197,3 +197,11 @@ def test_glue_carves_a_holdout_beside_its_dev_split(tmp_path):
     assert data.eval_splits == ["holdout", "validation"] and {k: len(v) for k, v in data.splits.items()} == {"train": 30, "holdout": 10, "validation": 6}
     default = text.load_data(from_dict(text.DataConfig, {"glue": "sst2", "data_dir": str(folder)}, "data"), seed=3)
     assert default.eval_splits == ["validation"] and len(default.splits["train"]) == 40  # unchanged without the fraction
+
+
+def test_learning_rates_per_strategy():
+    from sft_hub.selection_spec import parse_learning_rates
+
+    assert parse_learning_rates("full=5e-5,lora:r=4=1e-3") == {"full": 5e-5, "lora:r=4": 1e-3}
+    with pytest.raises(Exception, match="--lr: expected STRATEGY=LR"):
+        parse_learning_rates("full=fast")
