@@ -8,6 +8,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from sft_hub.base_model import BaseRef
+from sft_hub.report.card import card_section
 
 PIPELINE_TAGS = {
     "text_classification": "text-classification",
@@ -77,8 +78,10 @@ def _how_to_load(recipe, manifest: dict, merged: bool) -> str:
     return f"```python\nfrom transformers import {task_class}\n\nmodel = {task_class}.from_pretrained(\"<this repo or folder>\")\n```"
 
 
-def render_card(recipe, manifest: dict, merged: bool = False) -> ModelCard:
+def render_card(recipe, manifest: dict, merged: bool = False, report_dir: Path | None = None) -> ModelCard:
+    """The card; with `report_dir` (the `report/` folder beside README.md) it embeds the figures and per-class table."""
     data = card_data(recipe, manifest, merged)
+    report = card_section(report_dir) if report_dir is not None else ""
     origin = (f"Trained from scratch (`{manifest['base']['name_or_path']}`, no pretrained weights)" if _from_scratch(manifest)
               else f"Fine-tuned from `{manifest['base']['name_or_path']}`")
     fingerprint = ("The base weights were fingerprinted before and\nafter training and left unchanged (sha256 of its weight files in `manifest.json`)."
@@ -103,6 +106,7 @@ Labels: {', '.join(manifest['labels']) if manifest['labels'] else 'regression (o
 |---|---|---|
 {metrics}
 
+{report}
 ## How to load
 
 {_how_to_load(recipe, manifest, merged)}
@@ -120,5 +124,5 @@ Library versions: {', '.join(f'{k} {v}' for k, v in manifest['versions'].items()
 
 def write_model_card(run_dir: Path, recipe, manifest: dict, merged: bool = False) -> Path:
     path = Path(run_dir) / "README.md"
-    path.write_text(str(render_card(recipe, manifest, merged)))
+    path.write_text(str(render_card(recipe, manifest, merged, report_dir=Path(run_dir) / "report")))
     return path

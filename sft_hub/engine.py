@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers import set_seed
 
-from sft_hub import runs
+from sft_hub import console, report, runs
 from sft_hub.base_model import SAVED_BASE, files_sha256, tensors_sha256
 from sft_hub.callbacks import CompleteCheckpoints, EpochSeeds, GracefulStop, MetricsLog, NonFiniteGuard
 from sft_hub.card import write_model_card
@@ -71,7 +71,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True, ca
     checkpoint = _prepare_run_dir(run, recipe, data, args, overwrite, resume)
 
     processor = task.load_processor(recipe.model)
-    with args.main_process_first(desc="preprocessing"):
+    with args.main_process_first(desc="preprocessing"), console.data_bars():
         encoded = task.encode(data.splits, processor, recipe.data, recipe.model, data.train_split)
     set_seed(seed)  # the new head's initialisation is part of the run: same seed, same head
     built = task.build_model(recipe.model, data.labels)
@@ -103,6 +103,8 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True, ca
                    *(callbacks or [])],
     )
     guard.state = trainer.state
+    console.attach(trainer)
+    report.route_tensorboard(trainer, run_dir)
     if checkpoint:
         log.warning("resuming from %s", checkpoint)
     peak = PeakMemory().start()
@@ -120,11 +122,12 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True, ca
 
     metrics = {name: trainer.evaluate(eval_dataset=ds, metric_key_prefix=f"eval_{name}") for name, ds in eval_sets.items()}
     trained_sha = tensors_sha256(trainable_state(trainer.accelerator.unwrap_model(trainer.model)).items())
-    log.warning("rank %d: trained weights sha256 %s", args.process_index, trained_sha)
+    (log.warning if args.world_size > 1 else log.info)("rank %d: trained weights sha256 %s", args.process_index, trained_sha)
 
     state = None
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:  # sharded weights: every rank joins the gather
         state = trainer.accelerator.get_state_dict(trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model)
+    predictions = report.predictions_after_training(trainer, data, eval_sets, recipe.engine.report)  # every rank
     manifest = None
     if args.should_save:
         strategy.save(trainer.accelerator.unwrap_model(trainer.model), run_dir, state_dict=state)
@@ -136,6 +139,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True, ca
         manifest["nonfinite_skipped"] = guard.skipped
         manifest["resources"] = resources
         run.write_json(runs.EVAL_RESULTS, metrics)
+        report.write_after_training(run_dir, recipe.task, manifest, predictions, recipe.engine.report)
         write_model_card(run_dir, recipe, manifest)
         run.finish(manifest)  # the manifest is written last: its presence means "finished"
     trainer.accelerator.wait_for_everyone()

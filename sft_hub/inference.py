@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import EvalPrediction
 
+from sft_hub import console
 from sft_hub.errors import DataError, RunError
 from sft_hub.runs import Run, verify_base  # noqa: F401  (verify_base re-exported)
 
@@ -57,7 +58,8 @@ def batch_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> np.n
 
 def _batches(loaded: LoadedRun, rows: Dataset, batch_size: int, desc: str):
     recipe = loaded.info.recipe
-    encoded = loaded.task.encode(DatasetDict({"rows": rows}), loaded.processor, recipe.data, recipe.model, None)["rows"]
+    with console.data_bars(len(rows) >= 5 * batch_size):  # a bar for a real split, none for a few inputs
+        encoded = loaded.task.encode(DatasetDict({"rows": rows}), loaded.processor, recipe.data, recipe.model, None)["rows"]
     collate = loaded.task.collator(loaded.processor, recipe.data)
     loader = DataLoader(encoded, batch_size=batch_size, collate_fn=collate)
     device = next(loaded.model.parameters()).device
