@@ -132,6 +132,9 @@ class Selector:
         data["eval_splits"] = [self.ranking.split, *self.ranking.reported]
         if stage == "cheap" and self.plan.sample:
             data["max_train_samples"] = min(self.plan.sample, data.get("max_train_samples") or self.plan.sample)
+        # the per-run report (curves, confusion matrix, mistakes) is a second pass over the eval splits: skipped for
+        # candidates to keep select cheap; `sft-hub report <run>` writes it for the ones worth a look
+        raw["engine"] = {**(raw.get("engine") or {}), "report": False}
         training = raw["training"]
         for key in ("load_best_model_at_end", "metric_for_best_model", "greater_is_better", "save_total_limit"):
             training.pop(key, None)
