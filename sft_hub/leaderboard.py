@@ -13,7 +13,7 @@ finetune          {top_k, models [fine-tuned backbones], budget {kind, value}, s
 candidates        [row], fine-tunes best first then cheap-stage rows best first; row:
                     stage ("cheap" | "finetune"), rank (1.. over ok fine-tunes, else null), model, label,
                     strategy {name, ...}, run_dir, status ("ok" | "failed"), error (failed only), reused,
-                    score (metric on ranked_on.split), reported {split: metric}, trainable_params, total_params,
+                    score (metric on ranked_on.split), loss (on ranked_on.split; breaks ties), reported {split: metric}, trainable_params, total_params,
                     saved_bytes, train_seconds, train_samples_per_second, train_steps, peak_rss_bytes,
                     rss_scope ("run" | "process"), cuda_max_memory_bytes, wall_seconds (null when reused)
 best              {model, strategy, run_dir, score} of rank 1, or null

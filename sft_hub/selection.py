@@ -28,7 +28,7 @@ from sft_hub import strategies
 from sft_hub.compare import metric_value, run_row
 from sft_hub.config import apply_overrides, parse_recipe, read_yaml
 from sft_hub.errors import ConfigError, SftHubError
-from sft_hub.runs import MANIFEST, RECIPE, Run
+from sft_hub.runs import MANIFEST, RECIPE, Run, check_output_dir
 from sft_hub.selection_spec import Budget, label, slug
 from sft_hub.tasks import get_task
 
@@ -157,6 +157,8 @@ class Selector:
             stored = read_yaml(run_dir / RECIPE)
             if stored == recipe.raw:
                 return {**base, **self.scores(run_dir), "status": "ok", "reused": True, "wall_seconds": None}
+        if not self.plan.overwrite and run_dir.exists():
+            check_output_dir(run_dir, recipe.raw, overwrite=False)  # another select's candidate: an error, not a failed row
         start = time.perf_counter()
         try:
             out = train(recipe, overwrite=self.plan.overwrite, callbacks=budget.callbacks())
@@ -176,6 +178,7 @@ class Selector:
         for key in ("model", "strategy", "run_dir", "task", "saved_as"):
             row.pop(key)
         return {**row, "metric_name": name, "score": metric_value(manifest, self.ranking.split, name),
+                "loss": metric_value(manifest, self.ranking.split, "loss"),
                 "reported": {s: metric_value(manifest, s, name) for s in self.ranking.reported}}
 
     # --- the two stages ------------------------------------------------------------------------------
@@ -228,10 +231,12 @@ def greater_is_better(metric: str | None) -> bool:
 
 
 def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Best first by the ranking score (failed candidates last, in their given order)."""
+    """Best first by the ranking score, ties broken by the lower loss on the ranking split (short runs often tie
+    at the majority class, where the loss still tells which candidate learned more); failed candidates last."""
     ok = [r for r in rows if r.get("score") is not None]
     sign = 1 if greater_is_better(next((r.get("metric_name") for r in ok), None)) else -1
-    return sorted(ok, key=lambda r: -sign * r["score"]) + [r for r in rows if r.get("score") is None]
+    inf = float("inf")
+    return sorted(ok, key=lambda r: (-sign * r["score"], inf if r.get("loss") is None else r["loss"])) + [r for r in rows if r.get("score") is None]
 
 
 def run_select(plan: SelectPlan) -> dict[str, Any]:

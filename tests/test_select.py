@@ -205,3 +205,48 @@ def test_learning_rates_per_strategy():
     assert parse_learning_rates("full=5e-5,lora:r=4=1e-3") == {"full": 5e-5, "lora:r=4": 1e-3}
     with pytest.raises(Exception, match="--lr: expected STRATEGY=LR"):
         parse_learning_rates("full=fast")
+
+
+@pytest.mark.slow
+def test_select_under_two_process_ddp(tmp_path):
+    """Every rank trains every candidate (a time budget decided by rank 0's clock); rank 0 alone prints and writes."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    good, blind = write_planted_bert(tmp_path / "good", True), write_planted_bert(tmp_path / "blind", False)
+    files = write_sentiment_csv(tmp_path, n_train=120, n_val=20)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(text_recipe(good, files, tmp_path / "unused", {"name": "head"}, learning_rate=0.05)))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sft_hub", "select", str(recipe),
+                           "--models", f"{blind},{good}", "--strategies", "head", "--cheap", "head", "--finetune-top", "1",
+                           "--budget", "3s", "--cheap-budget", "6steps", "--output", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1", "MASTER_PORT": "29519"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("| 1 | finetune |") == 1 and proc.stderr.count("leaderboard written to") == 1
+    board = leaderboard.read(out / "leaderboard.json")
+    assert board["cheap"]["ranking"][0] == str(good)
+    for row in board["candidates"]:
+        assert json.loads((Path(row["run_dir"]) / "manifest.json").read_text())["world_size"] == 2
+
+
+def test_ties_are_broken_by_the_ranking_loss():
+    from sft_hub.selection import sort_rows
+
+    rows = [{"model": "a", "score": 0.58, "loss": 0.69, "metric_name": "accuracy"},
+            {"model": "b", "score": 0.58, "loss": 0.61, "metric_name": "accuracy"},
+            {"model": "c", "score": None}, {"model": "d", "score": 0.9, "loss": 0.9, "metric_name": "accuracy"}]
+    assert [r["model"] for r in sort_rows(rows)] == ["d", "b", "a", "c"]
+
+
+def test_another_selects_candidates_are_never_mixed_in(selected, capsys):
+    args = [a if a != "25steps" else "26steps" for a in selected["args"]]  # same output, other budget
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exc.value.code == 2 and "holds a different run" in err and "--overwrite" in err
