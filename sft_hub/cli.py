@@ -48,11 +48,18 @@ def _format_metrics(split: str, metrics: dict) -> str:
     return f"{split}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
 
 
+def _positive(flag: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise SftHubError(f"{flag}: must be >= 1, got {value}")
+
+
 def cmd_eval(a: argparse.Namespace) -> None:
     from sft_hub.console import eval_summary
     from sft_hub.inference import evaluate, load_run
 
     start = time.perf_counter()
+    _positive("--batch-size", a.batch_size)
+
     loaded = load_run(a.run_dir, allow_base_mismatch=a.allow_base_mismatch)
     results = evaluate(loaded, a.split, a.batch_size)
     if a.json:
@@ -70,6 +77,10 @@ def cmd_predict(a: argparse.Namespace) -> None:
     from sft_hub.inference import load_adapters, load_run, predict
 
     start = time.perf_counter()
+    _positive("--top-k", a.top_k)
+    _positive("--batch-size", a.batch_size)
+    if a.file and not Path(a.file).is_file():
+        raise SftHubError(f"--file {a.file}: file not found")
     if a.adapter:  # several adapters on one base: every positional argument is an input
         views, inputs = load_adapters(a.adapter, allow_base_mismatch=a.allow_base_mismatch), a.args
     else:
@@ -84,6 +95,8 @@ def cmd_predict(a: argparse.Namespace) -> None:
         for item in predict(view, rows, a.batch_size, a.top_k):
             if a.json:
                 print(json.dumps({"run": str(view.info.run_dir), **item} if len(views) > 1 else item))
+            elif "text" in item:  # speech recognition: the transcript
+                print(f"{prefix}{item['text']}\t{item['input']}")
             elif "label" in item:
                 print(f"{prefix}{item['label']}\t{item['score']:.3f}\t{item['input']}")
             else:
@@ -93,7 +106,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
 
 
 def cmd_report(a: argparse.Namespace) -> None:
-    from sft_hub.report import compare, report_run
+    from sft_hub.report.build import compare, report_run
 
     if len(a.run_dirs) > 1 and not a.out:
         raise SftHubError("report: several runs need --out DIR for the comparison (each run's own report goes to RUN/report)")
@@ -115,7 +128,9 @@ def cmd_export(a: argparse.Namespace) -> None:
 
 
 def cmd_push(a: argparse.Namespace) -> None:
-    from sft_hub.hub import push
+    from sft_hub.hub import check_repo_id, push
+
+    check_repo_id(a.repo_id)
 
     where = push(Path(a.run_dir), a.repo_id, private=a.private, merged=a.merged, dry_run=Path(a.dry_run) if a.dry_run else None)
     print(f"dry run: upload folder written to {where}" if a.dry_run else f"pushed to {where}")
@@ -181,8 +196,16 @@ def cmd_demo(a: argparse.Namespace) -> None:
     run_demo(recipes_dir() / DEMO_RECIPE, a.output_dir, a.overrides)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes end like every other mistake: one line `error: ...`, exit status 2."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sft-hub", description="Supervised fine-tuning recipes on one Trainer engine.")
+    p = _Parser(prog="sft-hub", description="Supervised fine-tuning recipes on one Trainer engine.")
     p.add_argument("--traceback", action="store_true", help="show full Python tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -198,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run directory on its eval splits (or --split)")
     e.add_argument("run_dir")
     e.add_argument("--split", help="split to evaluate (default: the recipe's eval splits)")
-    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--batch-size", type=int, default=None, help="default: 64 for text (length-sorted batches), 32 for images and audio")
     e.add_argument("--json", action="store_true", help="print metrics as JSON")
     e.add_argument("--allow-base-mismatch", action="store_true", help="load even if the base's fingerprint differs")
     e.set_defaults(func=cmd_eval)
@@ -209,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--adapter", action="append", metavar="RUN_DIR", help="adapter run to apply (repeat: base loaded once)")
     r.add_argument("--file", help="inputs from a file: text runs read CSV/TSV/JSON/JSONL (columns as in the recipe); image and audio runs read a text file with one image/audio path per line")
     r.add_argument("--top-k", type=int, default=1)
-    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--batch-size", type=int, default=None, help="default: 64 for text (length-sorted batches), 32 for images and audio")
     r.add_argument("--json", action="store_true", help="one JSON object per line")
     r.add_argument("--allow-base-mismatch", action="store_true", help="load even if the base's fingerprint differs")
     r.set_defaults(func=cmd_predict)

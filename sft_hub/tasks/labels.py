@@ -15,6 +15,17 @@ from sft_hub.errors import DataError
 EVAL_NAMES = ("validation", "valid", "val", "dev", "test")
 
 
+def check_labels_present(splits: DatasetDict, files: dict[str, str] | None, column: str, header: bool = True) -> None:
+    """Every row has a label: a missing or empty label field is an error naming the file and row, never a class ''."""
+    for split, ds in splits.items():
+        values = ds["raw_label"]
+        bad = next((i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip())), None)
+        if bad is not None:
+            where = f"file {files[split]}" if files and split in files else f"split {split!r}"
+            line = f" (line {bad + 2})" if files and split in files and header else ""
+            raise DataError(f"data.label_column: {where} row {bad + 1}{line} has no {column!r} label (missing or empty field)")
+
+
 def holdout_name(splits: typing.Iterable[str]) -> str:
     """The name of a validation split carved out of train (`data.validation_fraction`).
 

@@ -41,6 +41,10 @@ class ModelConfig:
     trust_remote_code: bool = False
     dropout: float | None = None  # overrides hidden and attention dropout of the config when set
 
+    def validate(self, where: str) -> None:
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"{where}.dropout: must be in [0, 1), got {self.dropout}")
+
 
 @dataclass
 class DataConfig:
@@ -131,6 +135,8 @@ def load_data(data: DataConfig, seed: int) -> TaskData:
             raw = load_files(data.source, data.data_files)
             origin = "data_files"
         raw = _select_text_columns(raw, data, origin)
+        label_utils.check_labels_present(raw, data.data_files if data.source else None, data.label_column,
+                                         header=data.source in ("csv", "tsv"))
         splits, train_split, evals = label_utils.choose_splits(raw, data.train_split, data.eval_splits, data.validation_fraction, seed)
         splits, labels = label_utils.encode_labels(splits, train_split, evals, data.problem_type)
     splits = label_utils.limit(splits, train_split, evals, data.max_train_samples, data.max_eval_samples, seed)
@@ -139,21 +145,30 @@ def load_data(data: DataConfig, seed: int) -> TaskData:
 
 def load_processor(model: ModelConfig, saved: Path | None = None) -> Any:
     source = str(saved) if saved else resolve_source(model.name_or_path)
-    return AutoTokenizer.from_pretrained(source, revision=None if saved else model.revision, trust_remote_code=model.trust_remote_code)
+    try:
+        return AutoTokenizer.from_pretrained(source, revision=None if saved else model.revision, trust_remote_code=model.trust_remote_code)
+    except (OSError, ValueError) as exc:  # no such model / folder, offline without a cached copy, no tokenizer files
+        where = f"{saved}" if saved else f"model.name_or_path: {model.name_or_path!r}"
+        raise ConfigError(f"{where}: cannot load a tokenizer: {str(exc).strip().splitlines()[0]}") from None
 
 
 def save_processor(processor: Any, path: Path) -> None:
     processor.save_pretrained(path)
 
 
+def tokenize(processor: Any, data: DataConfig, text_a: list[str], text_b: list[str] | None = None) -> dict:
+    """Token ids (unpadded) and their `length`; `encode` maps it over splits, prediction calls it directly."""
+    enc = processor(text_a, text_b, truncation=True, max_length=data.max_length)
+    enc["length"] = [len(ids) for ids in enc["input_ids"]]
+    return enc
+
+
 def encode(splits: DatasetDict, processor: Any, data: DataConfig, model: ModelConfig, train_split: str | None) -> DatasetDict:
-    def tokenize(batch: dict) -> dict:
-        enc = processor(batch["text_a"], batch["text_b"] if "text_b" in batch else None, truncation=True, max_length=data.max_length)
-        enc["length"] = [len(ids) for ids in enc["input_ids"]]
-        return enc
+    def tokenize_batch(batch: dict) -> dict:
+        return tokenize(processor, data, batch["text_a"], batch["text_b"] if "text_b" in batch else None)
 
     drop = [c for c in ("text_a", "text_b") if c in next(iter(splits.values())).column_names]
-    encoded = DatasetDict({name: ds.map(tokenize, batched=True, remove_columns=drop, desc=f"tokenizing {name}") for name, ds in splits.items()})
+    encoded = DatasetDict({name: ds.map(tokenize_batch, batched=True, remove_columns=drop, desc=f"tokenizing {name}") for name, ds in splits.items()})
     warn_truncated(splits, encoded, processor, data.max_length)
     return encoded
 
