@@ -100,10 +100,11 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True, ca
     check_model_source(recipe)
     args = build_training_args(training, recipe.output_dir, remove_unused_columns=False)
     with RunLock(recipe.output_dir, "train") if args.should_save else contextlib.nullcontext():
-        return _train(recipe, task, data, args, keep, seed, overwrite, resume)
+        return _train(recipe, task, data, args, keep, seed, overwrite, resume, callbacks)
 
 
-def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwrite: bool, resume: bool | str) -> dict[str, Any]:
+def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwrite: bool, resume: bool | str,
+           callbacks: list | None = None) -> dict[str, Any]:
     strategy = recipe.strategy
     run = Run.create(recipe)
     run_dir = run.run_dir
