@@ -249,4 +249,4 @@ def test_another_selects_candidates_are_never_mixed_in(selected, capsys):
     with pytest.raises(SystemExit) as exc:
         main(args)
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert exc.value.code == 2 and "holds a different run" in err and "--overwrite" in err
+    assert exc.value.code == 2 and "training.output_dir:" in err and "holds a" in err and "--overwrite" in err
