@@ -1,4 +1,4 @@
-"""`sft-hub` command line: train | eval | predict | report | export | push | recipes | demo.
+"""`sft-hub` command line: train | eval | predict | report | export | push | select | compare | recipes | demo.
 
 Every command takes `--help`. Bad input ends with one line `error: ...` naming the field, file or
 column at fault (exit status 2); `--traceback` shows the full Python traceback instead.
@@ -136,6 +136,32 @@ def cmd_push(a: argparse.Namespace) -> None:
     print(f"dry run: upload folder written to {where}" if a.dry_run else f"pushed to {where}")
 
 
+def cmd_select(a: argparse.Namespace) -> None:
+    from sft_hub.selection import SelectPlan, default_cheap, is_main_process, run_select
+    from sft_hub.selection_spec import parse_budget, parse_learning_rates, parse_strategies, split_list
+
+    models = split_list(a.models, "--models")
+    plan = SelectPlan(
+        recipe=a.recipe, overrides=a.overrides, models=models, strategies=parse_strategies(a.strategies),
+        cheap=parse_strategies(a.cheap or default_cheap(), "--cheap")[0][1],
+        output=Path(a.output or f"runs/select_{Path(a.recipe).stem}"), sample=a.sample, top_k=a.finetune_top,
+        budget=parse_budget(a.budget), cheap_budget=parse_budget(a.cheap_budget, "--cheap-budget"),
+        val_fraction=a.val_fraction, val_max=a.val_max, overwrite=a.overwrite, learning_rates=parse_learning_rates(a.lr))
+    board = run_select(plan)
+    if is_main_process():
+        from sft_hub.leaderboard import markdown
+
+        print(json.dumps(board, indent=2) if a.json else markdown(board))
+        print(f"leaderboard written to {plan.output}/leaderboard.{{json,md,png}}", file=sys.stderr)
+
+
+def cmd_compare(a: argparse.Namespace) -> None:
+    from sft_hub.compare import compare, markdown
+
+    rows = compare(a.run_dirs)
+    print(json.dumps(rows, indent=2) if a.json else markdown(rows))
+
+
 def cmd_recipes(a: argparse.Namespace) -> None:
     import yaml
 
@@ -234,6 +260,30 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--dry-run", metavar="DIR", help="write exactly the folder that would be uploaded, upload nothing")
     u.set_defaults(func=cmd_push)
 
+    s = sub.add_parser("select", help="rank backbones x strategies for a recipe: cheap stage on a sample, then short fine-tunes of the top K")
+    s.add_argument("recipe", help="recipe YAML file (its model is replaced by each of --models)")
+    s.add_argument("overrides", nargs="*", help="dotted overrides applied to every candidate")
+    s.add_argument("--models", required=True, help="comma-separated bases: Hub ids, local folders, embedded/..., timm architectures")
+    s.add_argument("--strategies", default="head,lora,full",
+                   help="comma-separated strategy specs: name, name:ARG (first option), name:key=value, name.key=value")
+    s.add_argument("--cheap", help="strategy of the cheap stage (default: linear_probe when registered, else head)")
+    s.add_argument("--sample", type=int, default=2000, help="training rows for the cheap stage (default 2000)")
+    s.add_argument("--cheap-budget", default="1epoch", help="training budget of a cheap candidate (default 1epoch; a probe ignores it)")
+    s.add_argument("--finetune-top", type=int, default=2, metavar="K", help="fine-tune the K best backbones of the cheap stage (default 2)")
+    s.add_argument("--budget", default="200steps", help="budget of each fine-tune: 200steps, 2epochs, 5min, 90s (default 200steps)")
+    s.add_argument("--lr", help="learning rate per strategy name or label, e.g. full=5e-5,head=5e-3 (default: the recipe's for all)")
+    s.add_argument("--val-fraction", type=float, help="fraction of train carved off to rank on (default: the recipe's, else 0.1)")
+    s.add_argument("--val-max", type=int, help="cap the carved ranking split at this many rows")
+    s.add_argument("--output", help="folder for candidate runs and the leaderboard (default runs/select_<recipe>)")
+    s.add_argument("--overwrite", action="store_true", help="retrain candidates whose run dirs already exist")
+    s.add_argument("--json", action="store_true", help="print the leaderboard JSON instead of the Markdown table")
+    s.set_defaults(func=cmd_select)
+
+    m = sub.add_parser("compare", help="compare finished runs: strategy, parameters, saved bytes, time, memory, metric")
+    m.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    m.add_argument("--json", action="store_true", help="print the rows as JSON")
+    m.set_defaults(func=cmd_compare)
+
     c = sub.add_parser("recipes", help="list the bundled recipes with a one-line description each (or --strategies)")
     c.add_argument("--strategies", action="store_true", help="list the registered strategies with their options and defaults")
     c.set_defaults(func=cmd_recipes)
@@ -252,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command not in ("recipes",):  # reloading a run is routine: only warnings that matter to the user
         from sft_hub.console import setup
 
-        setup(quiet_libraries=args.command in ("eval", "predict", "export", "push", "report"))
+        setup(quiet_libraries=args.command in ("eval", "predict", "export", "push", "report", "compare"))
     try:
         args.func(args)
     except SftHubError as exc:

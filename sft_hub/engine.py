@@ -28,6 +28,7 @@ from sft_hub.config import Recipe
 from sft_hub.errors import ConfigError, RunError
 from sft_hub.lock import RunLock
 from sft_hub.manifest import build_manifest
+from sft_hub.resources import PeakMemory
 from sft_hub.ownership import check_resume_checkpoint, clear_run_dir
 from sft_hub.report import build as report
 from sft_hub.report.tensorboard import route as route_tensorboard
@@ -81,12 +82,13 @@ def _loss(task: Any, recipe: Recipe, data: Any):
     return make_loss(data.is_regression, float(recipe.training.get("label_smoothing_factor") or 0.0))
 
 
-def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) -> dict[str, Any]:
+def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True, callbacks: list | None = None) -> dict[str, Any]:
     """Train a recipe into its run directory; returns {"run_dir", "metrics", "manifest", "trainer", "stopped"}.
 
     Order matters for trust: everything that can make the run meaningless is checked before any model
     loads; the run dir is locked (rank 0, for the whole job) before it is inspected; and nothing is
     written into it (nor an overwritten run deleted) until data, processor, model and strategy are built.
+    `callbacks`: extra TrainerCallbacks (e.g. `sft-hub select`'s time budget).
     """
     task = get_task(recipe.task)
     check_recipe(recipe)
@@ -98,10 +100,11 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
     check_model_source(recipe)
     args = build_training_args(training, recipe.output_dir, remove_unused_columns=False)
     with RunLock(recipe.output_dir, "train") if args.should_save else contextlib.nullcontext():
-        return _train(recipe, task, data, args, keep, seed, overwrite, resume)
+        return _train(recipe, task, data, args, keep, seed, overwrite, resume, callbacks)
 
 
-def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwrite: bool, resume: bool | str) -> dict[str, Any]:
+def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwrite: bool, resume: bool | str,
+           callbacks: list | None = None) -> dict[str, Any]:
     strategy = recipe.strategy
     run = Run.create(recipe)
     run_dir = run.run_dir
@@ -144,7 +147,7 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
         preprocess_logits_for_metrics=getattr(task, "preprocess_logits_for_metrics", None),
         processing_class=processor if hasattr(processor, "model_input_names") else None,
         callbacks=[CompleteCheckpoints(run_dir, keep, recipe.raw, data.labels), MetricsLog(run_dir / runs.METRICS_LOG), stop,
-                   EpochSeeds(seeded, seed), FiniteWeights(model)],
+                   EpochSeeds(seeded, seed), FiniteWeights(model), *(callbacks or [])],
     )
     if recipe.engine.early_stopping_patience:
         trainer.add_callback(EarlyStoppingCallback(recipe.engine.early_stopping_patience, recipe.engine.early_stopping_threshold))
@@ -153,12 +156,14 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
     route_tensorboard(trainer, run_dir)
     if checkpoint:
         log.warning("resuming from %s", checkpoint)
+    peak = PeakMemory().start()
     try:
         train_out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except KeyError as exc:  # Trainer finds a misspelt metric_for_best_model only at the first evaluation
         if "metric_for_best_model" not in str(exc):
             raise
         raise ConfigError(f"training.metric_for_best_model: {str(exc.args[0]).split(' Please', 1)[0]}") from None
+    resources = peak.result()  # training only: evaluation and saving come after
     if stop.requested:
         log.warning("stopped by SIGTERM at step %d with a complete checkpoint; run the same command to resume", trainer.state.global_step)
         return {"run_dir": run_dir, "metrics": {}, "manifest": None, "trainer": trainer, "stopped": True}
@@ -187,6 +192,7 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
         manifest = build_manifest(recipe, built, base_ref, base_files, data, frozen_before, trained_sha, count_parameters(model),
                                   metrics, train_out.metrics, args, task)
         manifest["nonfinite_skipped"] = guard.skipped
+        manifest["resources"] = resources
         run.write_json(runs.EVAL_RESULTS, metrics)
         report.write_after_training(run_dir, recipe.task, manifest, predictions, recipe.engine.report)
         write_model_card(run_dir, recipe, manifest)

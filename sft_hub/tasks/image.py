@@ -158,8 +158,9 @@ def load_data(data: DataConfig, seed: int) -> TaskData:
             raise DataError(f"data.train_split: split {data.train_split!r} not found; splits are {', '.join(raw)}")
         train, held = image_data.stratified_holdout(raw[data.train_split], data.validation_fraction,
                                                     seed if data.split_seed is None else data.split_seed)
-        raw = DatasetDict({**raw, data.train_split: train, "validation": held})
-        evals = evals or ["validation"]
+        name = label_utils.holdout_name(raw)
+        raw = DatasetDict({**raw, data.train_split: train, name: held})
+        evals = evals or [name]
     splits, train_split, evals = label_utils.choose_splits(raw, data.train_split, evals, None, seed)
     splits, labels = label_utils.encode_labels(splits, train_split, evals, "classification")
     splits = label_utils.limit(splits, train_split, evals, data.max_train_samples, data.max_eval_samples, seed)

@@ -6,6 +6,8 @@ A label that appears in an eval split but never in training is an error naming t
 
 from __future__ import annotations
 
+import typing
+
 from datasets import ClassLabel, DatasetDict
 
 from sft_hub.errors import DataError
@@ -24,13 +26,24 @@ def check_labels_present(splits: DatasetDict, files: dict[str, str] | None, colu
             raise DataError(f"data.label_column: {where} row {bad + 1}{line} has no {column!r} label (missing or empty field)")
 
 
+def holdout_name(splits: typing.Iterable[str]) -> str:
+    """The name of a validation split carved out of train (`data.validation_fraction`).
+
+    "validation", unless the data already has a split of that name (GLUE's dev set, a validation file):
+    then "holdout", so the data's own split stays what it is and can still be evaluated (`sft-hub select`
+    ranks on the carved split and reports the data's own one).
+    """
+    return "holdout" if "validation" in splits else "validation"
+
+
 def choose_splits(splits: DatasetDict, train: str, evals: list[str] | None, fraction: float | None, seed: int):
     if train not in splits:
         raise DataError(f"data.train_split: split {train!r} not found; splits are {', '.join(splits)}")
     if fraction is not None:
+        held = holdout_name(splits)
         parts = splits[train].train_test_split(test_size=fraction, seed=seed)
-        splits = DatasetDict({**{k: v for k, v in splits.items() if k != train}, train: parts["train"], "validation": parts["test"]})
-        evals = evals or ["validation"]
+        splits = DatasetDict({**{k: v for k, v in splits.items() if k != train}, train: parts["train"], held: parts["test"]})
+        evals = evals or [held]
     if evals is None:
         evals = [s for s in EVAL_NAMES if s in splits][:1]
     for name in evals:

@@ -118,6 +118,8 @@ def load_data(data: DataConfig, seed: int) -> TaskData:
         spec = glue.TASKS[data.glue]
         labels = list(spec.labels) if spec.labels else None
         train_split, evals = "train", [s for s in splits if s != "train"]
+        if data.validation_fraction is not None or data.eval_splits:  # both were ignored for GLUE before
+            splits, train_split, evals = label_utils.choose_splits(splits, "train", data.eval_splits, data.validation_fraction, seed)
     else:
         if data.builtin:
             folder = importlib.resources.files("sft_hub") / BUILTIN[data.builtin]
