@@ -8,9 +8,7 @@ raised before any model or data is loaded.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,10 @@ from typing import Any
 import yaml
 
 from sft_hub.errors import ConfigError
+from sft_hub.schema import check_type, from_dict, suggest, unknown_key  # noqa: F401  (re-exported: recipes' validation API)
+from sft_hub.strategies import parse_strategy
+from sft_hub.tasks import get_task
+from sft_hub.training_args import validate_training
 
 TOP_LEVEL_KEYS = ("task", "description", "model", "data", "strategy", "training", "engine", "metrics")
 
@@ -29,6 +31,7 @@ class EngineConfig:
 
     nonfinite_loss: typing.Literal["error", "skip"] = "error"  # a NaN/inf loss stops the run, or is skipped
     max_nonfinite_skips: int = 10
+    report: bool = True  # write <run>/report (curves, confusion matrix, per-class table, worst mistakes) at the end
 
 
 @dataclass
@@ -46,92 +49,6 @@ class Recipe:
     @property
     def output_dir(self) -> Path:
         return Path(self.training["output_dir"])
-
-
-def suggest(name: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
-def unknown_key(where: str, key: str, options: typing.Iterable[str]) -> ConfigError:
-    options = sorted(options)
-    listing = ", ".join(options) if len(options) <= 12 else ", ".join(options[:12]) + f", ... ({len(options)} in all)"
-    hint = suggest(key, options) or f" (known: {listing})"
-    return ConfigError(f"{where}.{key}: unknown key{hint}" if where else f"{key}: unknown key{hint}")
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def check_type(value: Any, hint: Any, where: str) -> Any:
-    """Return `value` checked (and int->float widened) against a type hint, or raise naming `where`."""
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(hint):
-            try:
-                return check_type(value, option, where)
-            except ConfigError as exc:
-                errors.append(exc)
-        wanted = " or ".join(_type_name(a) for a in typing.get_args(hint))
-        raise ConfigError(f"{where}: expected {wanted}, got {type(value).__name__} {value!r}")
-    if hint is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{where}: expected null, got {value!r}")
-    if origin is typing.Literal:
-        if value in typing.get_args(hint):
-            return value
-        choices = ", ".join(repr(a) for a in typing.get_args(hint))
-        raise ConfigError(f"{where}: {value!r} is not one of {choices}{suggest(str(value), map(str, typing.get_args(hint)))}")
-    if origin in (list, tuple):
-        if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        (item,) = typing.get_args(hint)[:1] or (Any,)
-        return [check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
-        key_t, val_t = typing.get_args(hint) or (Any, Any)
-        return {check_type(k, key_t, f"{where}"): check_type(v, val_t, f"{where}.{k}") for k, v in value.items()}
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if hint in (int, float) and isinstance(value, bool):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got bool {value!r}")
-    if isinstance(hint, type) and not isinstance(value, hint):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def from_dict(cls: type, raw: Any, where: str) -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types by field name."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__} {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    for key in raw:
-        if key not in fields:
-            raise unknown_key(where, key, fields)
-    values = {}
-    for name, f in fields.items():
-        if name in raw:
-            values[name] = check_type(raw[name], hints[name], f"{where}.{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{where}.{name}: required field is missing")
-    obj = cls(**values)
-    if hasattr(obj, "validate"):
-        obj.validate(where)
-    return obj
 
 
 def parse_value(text: str) -> Any:
@@ -177,12 +94,14 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
-def parse_recipe(raw: dict) -> Recipe:
-    """Validate a raw recipe mapping into a `Recipe` (task, model, data, strategy and training checked)."""
-    from sft_hub.strategies import parse_strategy
-    from sft_hub.tasks import get_task
-    from sft_hub.training_args import validate_training
+def parse_recipe(raw: dict, validate: bool = True) -> Recipe:
+    """Validate a raw recipe mapping into a `Recipe` (task, model, data, strategy and training checked).
 
+    Local paths in the model and data sections (the fields a task lists in `PATH_FIELDS`) are made absolute
+    in `raw`, so the recipe a run stores still finds its files from any working directory.
+    `validate=False` (re-reading a run's recipe) keeps the type checks but skips the sections' own
+    `validate` hooks: a run dir predicts and exports without its training data present.
+    """
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
             raise unknown_key("", key, TOP_LEVEL_KEYS)
@@ -191,10 +110,17 @@ def parse_recipe(raw: dict) -> Recipe:
             raise ConfigError(f"{key}: required section is missing")
     task_name = check_type(raw["task"], str, "task")
     task = get_task(task_name)
-    recipe = Recipe(
+    sections = {}
+    for section, cls in (("model", task.ModelConfig), ("data", task.DataConfig)):
+        sections[section] = from_dict(cls, raw[section], section, validate)  # errors show paths as the user wrote them
+        absolute = absolute_paths(raw[section], getattr(cls, "PATH_FIELDS", ()))
+        if absolute != raw[section]:
+            raw[section] = absolute
+            sections[section] = from_dict(cls, absolute, section, validate=False)
+    return Recipe(
         task=task_name,
-        model=from_dict(task.ModelConfig, raw["model"], "model"),
-        data=from_dict(task.DataConfig, raw["data"], "data"),
+        model=sections["model"],
+        data=sections["data"],
         strategy=parse_strategy(raw.get("strategy") or {"name": "full"}),
         training=validate_training(raw["training"]),
         description=check_type(raw.get("description", ""), str, "description"),
@@ -202,7 +128,24 @@ def parse_recipe(raw: dict) -> Recipe:
         metrics=check_type(raw.get("metrics") or [], list[str], "metrics"),
         raw=raw,
     )
-    return recipe
+
+
+def absolute_paths(section: Any, fields: typing.Iterable[str]) -> Any:
+    """`section` with each relative path in `fields` (a string, or a mapping of strings) that exists made absolute."""
+    if not isinstance(section, dict):
+        return section
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and value and not os.path.isabs(value) and os.path.exists(value):
+            return os.path.abspath(value)
+        return value
+
+    out = dict(section)
+    for name in fields:
+        if name in out:
+            value = out[name]
+            out[name] = {k: fix(v) for k, v in value.items()} if isinstance(value, dict) else fix(value)
+    return out
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -16,17 +16,21 @@ import torch
 import torch.nn.functional as F
 from transformers import set_seed
 
-from sft_hub import runs
-from sft_hub.base_model import files_sha256, tensors_sha256
+from sft_hub import console, report, runs
+from sft_hub.base_model import SAVED_BASE, files_sha256, tensors_sha256
 from sft_hub.callbacks import CompleteCheckpoints, EpochSeeds, GracefulStop, MetricsLog, NonFiniteGuard
+from sft_hub.card import write_model_card
 from sft_hub.config import Recipe
 from sft_hub.errors import RunError
-from sft_hub.hub import write_model_card
+from sft_hub.inference import encode_batch
 from sft_hub.manifest import build_manifest
+from sft_hub.runs import Run
 from sft_hub.sampling import EngineTrainer
-from sft_hub.strategies import apply_strategy, count_parameters, frozen_params, save_learned, trainable_state
+from sft_hub.strategies import count_parameters, frozen_params, saves_whole_model, trainable_state
 from sft_hub.tasks import get_task
 from sft_hub.training_args import build_training_args
+
+CHECK_ROWS = 8  # eval inputs stored in the run for export's check (a run dir then needs no training data)
 
 log = logging.getLogger("sft_hub")
 
@@ -52,27 +56,30 @@ def make_loss(regression: bool):
 def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) -> dict[str, Any]:
     """Train a recipe into its run directory; returns {"run_dir", "metrics", "manifest", "trainer", "stopped"}."""
     task = get_task(recipe.task)
-    run_dir = recipe.output_dir
+    strategy = recipe.strategy
+    run = Run.create(recipe)
+    run_dir = run.run_dir
     training = dict(recipe.training)
     keep = training.pop("save_total_limit", None)  # rotation is ours: it never deletes the last complete checkpoint
     seed = int(training.get("seed", 42))
     data = task.load_data(recipe.data, seed)  # bad data fails here, before any model is loaded
     args = build_training_args(training, run_dir, remove_unused_columns=False)
-    checkpoint = _prepare_run_dir(recipe, data, args, overwrite, resume)
+    checkpoint = _prepare_run_dir(run, recipe, data, args, overwrite, resume)
 
     processor = task.load_processor(recipe.model)
-    with args.main_process_first(desc="preprocessing"):
+    with args.main_process_first(desc="preprocessing"), console.data_bars():
         encoded = task.encode(data.splits, processor, recipe.data, recipe.model, data.train_split)
     set_seed(seed)  # the new head's initialisation is part of the run: same seed, same head
     built = task.build_model(recipe.model, data.labels)
-    base = {"files": files_sha256(built.weight_files)} if args.should_save else {}
-    if not built.weight_files and recipe.strategy.name != "full" and args.should_save:
-        built.model.save_pretrained(run_dir / "base", safe_serialization=True)  # keep a file-less base with its adapter
-        runs.share_like_umask(run_dir / "base")
-        base = {"files": files_sha256((run_dir / "base").glob("*.safetensors")), "saved_in_run": True}
+    base_ref, base_files = built.base, files_sha256(built.weight_files) if args.should_save else {}
+    if not built.weight_files and not saves_whole_model(strategy) and args.should_save:
+        built.model.save_pretrained(run_dir / SAVED_BASE, safe_serialization=True)  # keep a file-less base with its adapter
+        run.share(SAVED_BASE)
+        base_ref, base_files = built.base.saved_in_run(), files_sha256((run_dir / SAVED_BASE).glob("*.safetensors"))
 
-    model = apply_strategy(built.model, recipe.strategy, built.head_modules, task.lora_target_modules)
-    frozen_before = tensors_sha256(frozen_params(model)) if recipe.strategy.name != "full" else None
+    model = strategy.apply(built.model, built.info)
+    frozen = frozen_params(model)
+    frozen_before = tensors_sha256(frozen) if frozen and not saves_whole_model(strategy) else None
     eval_sets = {name: encoded[name] for name in data.eval_splits}
     guard = NonFiniteGuard(make_loss(data.is_regression), recipe.engine.nonfinite_loss, recipe.engine.max_nonfinite_skips)
     stop = GracefulStop()
@@ -86,10 +93,13 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         data_collator=collator,
         compute_metrics=task.metrics(recipe.data, data.labels),
         compute_loss_func=guard,
+        param_groups=strategy.param_groups,
         processing_class=processor if hasattr(processor, "model_input_names") else None,
         callbacks=[CompleteCheckpoints(run_dir, keep), MetricsLog(run_dir / runs.METRICS_LOG), stop, EpochSeeds(seeded, seed)],
     )
     guard.state = trainer.state
+    console.attach(trainer)
+    report.route_tensorboard(trainer, run_dir)
     if checkpoint:
         log.warning("resuming from %s", checkpoint)
     train_out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -99,51 +109,57 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
 
     if frozen_before is not None and tensors_sha256(frozen_params(model)) != frozen_before:
         raise RunError("frozen base weights changed during training; the run was not saved (report this as a bug)")
-    if args.should_save and base.get("files") and not base.get("saved_in_run"):
-        if files_sha256(built.weight_files) != base["files"]:
+    if args.should_save and base_files and base_ref.kind != "run":
+        if files_sha256(built.weight_files) != base_files:
             raise RunError(f"base weight files {', '.join(map(str, built.weight_files))} changed on disk during training")
 
     metrics = {name: trainer.evaluate(eval_dataset=ds, metric_key_prefix=f"eval_{name}") for name, ds in eval_sets.items()}
     trained_sha = tensors_sha256(trainable_state(trainer.accelerator.unwrap_model(trainer.model)).items())
-    log.warning("rank %d: trained weights sha256 %s", args.process_index, trained_sha)
+    (log.warning if args.world_size > 1 else log.info)("rank %d: trained weights sha256 %s", args.process_index, trained_sha)
 
-    trainer.processing_class = None  # the processor is saved once, in <run>/processor, not inside the adapter
-    if recipe.strategy.name == "head":
-        if args.should_save:
-            save_learned(trainer.accelerator.unwrap_model(trainer.model), recipe.strategy, run_dir)
-    else:
-        trainer.save_model(str(run_dir / recipe.strategy.saved_as))  # gathers FSDP/DeepSpeed shards; rank 0 writes
+    state = None
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:  # sharded weights: every rank joins the gather
+        state = trainer.accelerator.get_state_dict(trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model)
+    predictions = report.predictions_after_training(trainer, data, eval_sets, recipe.engine.report)  # every rank
     manifest = None
     if args.should_save:
+        strategy.save(trainer.accelerator.unwrap_model(trainer.model), run_dir, state_dict=state)
+        run.share(strategy.saved_as)
         task.save_processor(processor, run_dir / "processor")
-        (run_dir / recipe.strategy.saved_as / "training_args.bin").unlink(missing_ok=True)
-        runs.share_like_umask(run_dir / recipe.strategy.saved_as)
-        manifest = build_manifest(recipe, built, base, data, frozen_before, trained_sha, count_parameters(model),
+        run.save_check_inputs(_check_inputs(task, processor, recipe, data))
+        manifest = build_manifest(recipe, built, base_ref, base_files, data, frozen_before, trained_sha, count_parameters(model),
                                   metrics, train_out.metrics, args, task)
         manifest["nonfinite_skipped"] = guard.skipped
-        runs.write_json(run_dir / runs.EVAL_RESULTS, metrics)
+        run.write_json(runs.EVAL_RESULTS, metrics)
+        report.write_after_training(run_dir, recipe.task, manifest, predictions, recipe.engine.report)
         write_model_card(run_dir, recipe, manifest)
-        runs.write_json(run_dir / runs.MANIFEST, manifest)  # written last: its presence means "finished"
+        run.finish(manifest)  # the manifest is written last: its presence means "finished"
     trainer.accelerator.wait_for_everyone()
     return {"run_dir": run_dir, "metrics": metrics, "manifest": manifest, "trainer": trainer, "stopped": False}
 
 
-def _prepare_run_dir(recipe: Recipe, data, args, overwrite: bool, resume: bool | str) -> Path | None:
+def _check_inputs(task: Any, processor: Any, recipe: Recipe, data: Any) -> dict[str, torch.Tensor]:
+    """A few eval rows, encoded and collated as predict does (labels dropped): export's check inputs."""
+    split = data.splits[data.eval_splits[0] if data.eval_splits else data.train_split]
+    return encode_batch(task, processor, recipe.data, recipe.model, split.select(range(min(CHECK_ROWS, len(split)))))
+
+
+def _prepare_run_dir(run: Run, recipe: Recipe, data, args, overwrite: bool, resume: bool | str) -> Path | None:
     """Rank 0 checks the output dir and picks the checkpoint to resume; every rank gets the same answer."""
-    run_dir = recipe.output_dir
+    run_dir = run.run_dir
     decision: list[Any] = [None]
     if args.should_save:
-        mode = runs.check_output_dir(run_dir, recipe.raw, overwrite)
+        mode = run.prepare(recipe.raw, overwrite)
         labels_file = run_dir / runs.LABELS
         if mode == "resume" and labels_file.is_file():
-            before = runs.read_json(labels_file)
+            before = run.read_json(runs.LABELS)
             if before != data.labels:
                 count = lambda labels: "regression" if labels is None else f"{len(labels)} labels"  # noqa: E731
                 raise RunError(f"data: {count(data.labels)} now, but the checkpoints in {run_dir} were trained with "
                                f"{count(before)} ({before}); pass --overwrite to start again")
-        runs.write_recipe(run_dir, recipe.raw)
-        runs.write_json(labels_file, data.labels)
-        decision = [_resume_from(run_dir, resume) if mode == "resume" or isinstance(resume, str) else None]
+        run.write_recipe(recipe.raw)
+        run.write_json(runs.LABELS, data.labels)
+        decision = [_resume_from(run, resume) if mode == "resume" or isinstance(resume, str) else None]
     if args.world_size > 1:
         from accelerate.utils import broadcast_object_list
 
@@ -151,7 +167,7 @@ def _prepare_run_dir(recipe: Recipe, data, args, overwrite: bool, resume: bool |
     return decision[0]
 
 
-def _resume_from(run_dir: Path, resume: bool | str) -> Path | None:
+def _resume_from(run: Run, resume: bool | str) -> Path | None:
     if isinstance(resume, str):
         path = Path(resume)
         if not (path / runs.COMPLETE).is_file():
@@ -159,7 +175,7 @@ def _resume_from(run_dir: Path, resume: bool | str) -> Path | None:
         return path
     if not resume:
         return None
-    for step, path, ok in runs.checkpoints(run_dir):
+    for step, path, ok in run.checkpoints():
         if not ok:
             log.warning("ignoring incomplete checkpoint %s (no %s marker)", path, runs.COMPLETE)
-    return runs.latest_complete_checkpoint(run_dir)
+    return run.latest_complete_checkpoint()

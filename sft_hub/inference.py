@@ -1,11 +1,11 @@
-"""Loading a run directory back into a model (with the base's fingerprint checked) and running it.
+"""Running a run's model: load it (`Run.open(dir).load_model()`, the base's fingerprint checked), predict, evaluate.
 
-Used by `sft-hub eval` and `sft-hub predict`; reads the run directory only, never the original recipe.
+Used by `sft-hub eval`, `predict` and `export`; reads the run directory only. Only `evaluate` reads the
+data section (it needs the data); predicting needs nothing but the run dir and its base.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,64 +18,48 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import EvalPrediction
 
-from sft_hub.base_model import files_sha256
+from sft_hub import console
 from sft_hub.errors import DataError, RunError
-from sft_hub.runs import RunInfo, open_run
-from sft_hub.strategies import load_learned
-from sft_hub.tasks import get_task
+from sft_hub.runs import Run, verify_base  # noqa: F401  (verify_base re-exported)
 
 log = logging.getLogger("sft_hub")
 
 
 @dataclass
 class LoadedRun:
-    info: RunInfo
+    info: Run
     task: Any
     model: torch.nn.Module
     processor: Any
 
     @property
     def labels(self) -> list[str] | None:
-        return self.info.manifest["labels"]
-
-
-def verify_base(weight_files: list[Path], manifest: dict, allow_mismatch: bool = False) -> None:
-    expected = manifest["base"].get("files_sha256") or {}
-    if not expected:
-        return
-    found = files_sha256(weight_files)
-    if found != expected:
-        name = manifest["base"]["name_or_path"]
-        detail = ", ".join(f"{f}: expected {expected.get(f, 'absent')[:12]}, found {found.get(f, 'absent')[:12]}"
-                           for f in sorted(set(expected) | set(found)) if expected.get(f) != found.get(f))
-        if not allow_mismatch:
-            raise RunError(f"base model {name}: its weights differ from the base this run was trained on ({detail}); "
-                           "pass --allow-base-mismatch to load anyway")
-        log.warning("loading onto a different base than the run was trained on (%s): --allow-base-mismatch given", detail)
+        return self.info.labels
 
 
 def load_run(run_dir: str | Path, allow_base_mismatch: bool = False) -> LoadedRun:
-    info = open_run(run_dir)
-    recipe, manifest = info.recipe, info.manifest
-    task = get_task(recipe.task)
-    processor = task.load_processor(recipe.model, saved=info.run_dir / "processor")
-    if manifest["saved_as"] == "model":
-        model_cfg = dataclasses.replace(recipe.model, name_or_path=str(info.run_dir / "model"), revision=None)
-        model = task.build_model(model_cfg, manifest["labels"]).model
-    else:
-        model_cfg = recipe.model
-        if manifest["base"].get("resolved") == "base":
-            model_cfg = dataclasses.replace(recipe.model, name_or_path=str(info.run_dir / "base"), revision=None)
-        built = task.build_model(model_cfg, manifest["labels"])
-        verify_base(built.weight_files, manifest, allow_base_mismatch)
-        model = load_learned(built.model, recipe.strategy, info.run_dir)
-    model.eval()
-    return LoadedRun(info, task, model, processor)
+    run = Run.open(run_dir)
+    return LoadedRun(run, run.task, run.load_model(allow_base_mismatch), run.load_processor())
+
+
+def encode_batch(task: Any, processor: Any, data_cfg: Any, model_cfg: Any, rows: Dataset) -> dict[str, torch.Tensor]:
+    """Raw rows -> one model-input batch, encoded and collated as for prediction (labels dropped)."""
+    encoded = task.encode(DatasetDict({"rows": rows}), processor, data_cfg, model_cfg, None)["rows"]
+    batch = task.collator(processor, data_cfg)([encoded[i] for i in range(len(encoded))])
+    batch.pop("labels", None)
+    return batch
+
+
+def batch_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> np.ndarray:
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
 
 
 def _batches(loaded: LoadedRun, rows: Dataset, batch_size: int, desc: str):
     recipe = loaded.info.recipe
-    encoded = loaded.task.encode(DatasetDict({"rows": rows}), loaded.processor, recipe.data, recipe.model, None)["rows"]
+    with console.data_bars(len(rows) >= 5 * batch_size):  # a bar for a real split, none for a few inputs
+        encoded = loaded.task.encode(DatasetDict({"rows": rows}), loaded.processor, recipe.data, recipe.model, None)["rows"]
     collate = loaded.task.collator(loaded.processor, recipe.data)
     loader = DataLoader(encoded, batch_size=batch_size, collate_fn=collate)
     device = next(loaded.model.parameters()).device
@@ -113,11 +97,12 @@ def predict(loaded: LoadedRun, rows: Dataset, batch_size: int = 32, top_k: int =
 
 def evaluate(loaded: LoadedRun, split: str | None = None, batch_size: int = 32) -> dict[str, dict[str, float]]:
     recipe = loaded.info.recipe
-    data = loaded.task.load_data(recipe.data, int(recipe.training.get("seed", 42)))
+    data_cfg = loaded.info.data_config()
+    data = loaded.task.load_data(data_cfg, int(recipe.training.get("seed", 42)))
     if data.labels != loaded.labels:
         raise DataError(f"data: labels now {data.labels}, but the run was trained with {loaded.labels}")
     splits = [split] if split else data.eval_splits
-    compute = loaded.task.metrics(recipe.data, data.labels)
+    compute = loaded.task.metrics(data_cfg, data.labels)
     results = {}
     for name in splits:
         if name not in data.splits:
@@ -135,25 +120,23 @@ def load_adapters(run_dirs: list[str | Path], allow_base_mismatch: bool = False)
     """
     from peft import PeftModel
 
-    infos = [open_run(r) for r in run_dirs]
+    infos = [Run.open(r) for r in run_dirs]
     first = infos[0]
     for info in infos:
-        if info.manifest["saved_as"] != "adapter":
-            raise RunError(f"--adapter {info.run_dir}: strategy {info.manifest['strategy']['name']} saved no adapter")
+        if info.strategy.saved_as != "adapter":
+            raise RunError(f"--adapter {info.run_dir}: strategy {info.strategy.name} saved no adapter")
         same_base = (info.manifest["base"]["name_or_path"], info.manifest["base"]["files_sha256"]) == \
                     (first.manifest["base"]["name_or_path"], first.manifest["base"]["files_sha256"])
         if not same_base:
             raise RunError(f"--adapter {info.run_dir}: trained on base {info.manifest['base']['name_or_path']} "
                            f"({_short(info)}), not on {first.manifest['base']['name_or_path']} ({_short(first)}) like {first.run_dir}")
-        if len(info.manifest["labels"] or [0]) != len(first.manifest["labels"] or [0]):
-            raise RunError(f"--adapter {info.run_dir}: {len(info.manifest['labels'] or [0])} outputs, but {first.run_dir} has "
-                           f"{len(first.manifest['labels'] or [0])}; adapters sharing one base need heads of one size")
-    task = get_task(first.recipe.task)
-    processor = task.load_processor(first.recipe.model, saved=first.run_dir / "processor")
-    built = task.build_model(first.recipe.model, first.manifest["labels"])
-    verify_base(built.weight_files, first.manifest, allow_base_mismatch)
+        if len(info.labels or [0]) != len(first.labels or [0]):
+            raise RunError(f"--adapter {info.run_dir}: {len(info.labels or [0])} outputs, but {first.run_dir} has "
+                           f"{len(first.labels or [0])}; adapters sharing one base need heads of one size")
+    task, processor = first.task, first.load_processor()
+    base = first.build_base(allow_base_mismatch)
     names = [f"{i}_{info.run_dir.name}" for i, info in enumerate(infos)]
-    model = PeftModel.from_pretrained(built.model, first.run_dir / "adapter", adapter_name=names[0])
+    model = PeftModel.from_pretrained(base, first.run_dir / "adapter", adapter_name=names[0])
     for name, info in zip(names[1:], infos[1:]):
         model.load_adapter(info.run_dir / "adapter", adapter_name=name)
     model.eval()
@@ -168,6 +151,6 @@ class AdapterView(LoadedRun):
         self.model.set_adapter(self.adapter_name)
 
 
-def _short(info: RunInfo) -> str:
+def _short(info: Run) -> str:
     files = info.manifest["base"]["files_sha256"]
     return ", ".join(f"{k} {v[:12]}" for k, v in files.items()) or "no weight files"

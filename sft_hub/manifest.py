@@ -8,7 +8,9 @@ import platform
 from typing import Any
 
 from sft_hub import __version__
+from sft_hub.base_model import BaseRef
 
+FORMAT = "sft-hub-run/2"  # 2: `base.ref` (a BaseRef) replaces the `base.resolved` string of format 1
 LIBRARIES = ("torch", "transformers", "datasets", "accelerate", "peft", "timm", "safetensors", "huggingface_hub", "torchcodec", "soundfile")
 
 
@@ -22,19 +24,20 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def build_manifest(recipe, built, base, data, frozen_sha, trained_sha, params, metrics, train_metrics, args, task) -> dict[str, Any]:
+def build_manifest(recipe, built, base: BaseRef, base_files: dict[str, str], data, frozen_sha, trained_sha, params, metrics,
+                   train_metrics, args, task) -> dict[str, Any]:
     main_metric = task.main_metric(recipe.data, data.labels) if hasattr(task, "main_metric") else "accuracy"
     first = next(iter(metrics.values()), {})
     prefix = f"eval_{next(iter(metrics), '')}_"
     return {
-        "format": "sft-hub-run/1",
+        "format": FORMAT,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "task": recipe.task,
         "base": {
+            "ref": base.to_dict(),
             "name_or_path": recipe.model.name_or_path,
-            "revision": built.revision,
-            "resolved": built.source if not base.get("saved_in_run") else "base",
-            "files_sha256": base.get("files", {}),
+            "revision": base.revision,
+            "files_sha256": base_files,
             "frozen_sha256": frozen_sha,
         },
         "strategy": recipe.strategy.to_dict(),

@@ -42,7 +42,22 @@ class LengthGroupedBatches(Sampler[int]):
 
 
 class EngineTrainer(Trainer):
-    """`transformers.Trainer` whose `group_by_length` uses `LengthGroupedBatches` when the data has lengths."""
+    """`transformers.Trainer` whose `group_by_length` uses `LengthGroupedBatches` when the data has lengths,
+    and whose optimizer takes the strategy's parameter groups (`param_groups(model, lr)`) when it gives any."""
+
+    def __init__(self, *args, param_groups=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.strategy_param_groups = param_groups  # (model, lr) -> list[dict] | None
+
+    def create_optimizer(self, model=None):
+        groups = None
+        if self.optimizer is None and self.strategy_param_groups is not None:
+            groups = self.strategy_param_groups(self.model if model is None else model, self.args.learning_rate)
+        if groups is None:
+            return super().create_optimizer(model)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model if model is None else model)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)  # a group's own lr / weight_decay win over the defaults
+        return self.optimizer
 
     def _get_train_sampler(self, train_dataset=None):
         ds = self.train_dataset if train_dataset is None else train_dataset

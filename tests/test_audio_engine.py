@@ -41,7 +41,7 @@ def recipe(clips: Path, out: Path, kind: str, strategy: dict, **data) -> dict:
 def test_head_run_on_a_scratch_model_reloads_to_its_final_predictions(clips: Path, tmp_path: Path) -> None:
     out = train(parse_recipe(recipe(clips, tmp_path / "run", "ast", {"name": "head"})))
     manifest = out["manifest"]
-    assert manifest["saved_as"] == "head" and manifest["base"]["resolved"] == "base"
+    assert manifest["saved_as"] == "head" and manifest["base"]["ref"] == {"kind": "run", "name": "audio-spectrogram-transformer", "path": "base"}
     assert (tmp_path / "run" / "base" / "model.safetensors").is_file()  # random base weights kept with the head
     assert manifest["data_info"]["sampling_rates"] == {"8000": 10, "16000": 10}
     assert_reloads_equal(tmp_path / "run", manifest)
@@ -54,7 +54,7 @@ def test_lora_run_on_a_pretrained_folder_reloads_to_its_final_predictions(clips:
     out = train(parse_recipe(raw))
     manifest = out["manifest"]
     assert manifest["saved_as"] == "adapter" and manifest["head_modules"] == ["projector", "classifier"]
-    assert list(manifest["base"]["files_sha256"]) == ["model.safetensors"] and manifest["base"]["resolved"] == str(base)
+    assert list(manifest["base"]["files_sha256"]) == ["model.safetensors"] and manifest["base"]["ref"] == {"kind": "local", "name": str(base), "path": str(base)}
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file() and not (tmp_path / "run" / "base").exists()
     assert json.loads((tmp_path / "run" / "processor" / "preprocessor_config.json").read_text())["return_attention_mask"] is False
     assert_reloads_equal(tmp_path / "run", manifest)

@@ -18,7 +18,7 @@ import torch
 
 from sft_hub.config import from_dict, load_recipe
 from sft_hub.errors import ConfigError
-from sft_hub.strategies import apply_strategy, parse_strategy
+from sft_hub.strategies import parse_strategy
 from sft_hub.tasks import audio
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,9 +158,9 @@ def test_tiny_models_train_with_lora_on_attention_projections(clips: Path, kind:
     enc = audio.encode(data.splits, fe, data_c, model_c, data.train_split)
     batch = audio.collator(fe, data_c)([enc["train"][i] for i in range(4)])
     built = audio.build_model(model_c, data.labels)
-    assert built.weight_files == [] and built.source == "config" and built.model.config.num_labels == 2
+    assert built.weight_files == [] and built.base.kind == "config" and built.model.config.num_labels == 2
     assert built.head_modules == (["classifier"] if kind == "ast" else ["projector", "classifier"])
-    model = apply_strategy(built.model, parse_strategy({"name": "lora", "r": 4}), built.head_modules, audio.lora_target_modules)
+    model = parse_strategy({"name": "lora", "r": 4}).apply(built.model, built.info)
     lora = {n.rsplit(".lora_A", 1)[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if ".lora_A" in n}
     # WavLM's attention never calls its projection modules (transformers#48773): LoRA goes to its feed-forward layers.
     assert lora == ({"intermediate_dense", "output_dense"} if kind == "wavlm" else {"q_proj", "k_proj", "v_proj"})
@@ -180,7 +180,7 @@ def test_scratch_weights_are_seeded(clips: Path) -> None:
 
 def test_freeze_feature_encoder_holds_even_under_full(clips: Path) -> None:
     built = audio.build_model(model_cfg("wav2vec2", freeze_feature_encoder=True), ["1", "7"])
-    model = apply_strategy(built.model, parse_strategy("full"), built.head_modules, audio.lora_target_modules)
+    model = parse_strategy("full").apply(built.model, built.info)
     conv = {n: p.detach().clone() for n, p in model.named_parameters() if ".feature_extractor." in n}
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     model(input_values=torch.randn(2, 4000), labels=torch.tensor([0, 1])).loss.backward()

@@ -18,7 +18,7 @@ from test_image_data import CLASSES, ROOT, make_folder, model_cfg
 
 from sft_hub.config import from_dict
 from sft_hub.errors import ConfigError
-from sft_hub.strategies import apply_strategy, load_learned, parse_strategy, save_learned
+from sft_hub.strategies import parse_strategy
 from sft_hub.tasks import image
 
 # --- models and strategies ------------------------------------------------------------------------
@@ -28,7 +28,7 @@ from sft_hub.tasks import image
 def test_families_build_and_train_a_step(arch, size, strategy):
     torch.manual_seed(0)
     built = image.build_model(model_cfg(name_or_path=arch, image_size=size), ["a", "b", "c"])
-    model = apply_strategy(built.model, parse_strategy(strategy), built.head_modules, image.lora_target_modules)
+    model = parse_strategy(strategy).apply(built.model, built.info)
     params = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
     out = model(pixel_values=torch.randn(4, 3, size, size)).logits
@@ -64,7 +64,7 @@ def test_saved_adapter_reloads_to_identical_predictions_with_batchnorm(tmp_path,
     assert any(not torch.equal(b, dict(control.named_buffers())[n]) for n, b in bn.items())
 
     cfg = parse_strategy({"name": strategy, **({"r": 4} if strategy == "lora" else {})})
-    model = apply_strategy(built.model, cfg, built.head_modules, image.lora_target_modules)
+    model = cfg.apply(built.model, built.info)
     _train_steps(model)
     after = {n.removeprefix("base_model.model."): b for n, b in model.named_buffers() if "running" in n}
     assert all(torch.equal(bn[n], after[n]) for n in bn)  # frozen BN kept its statistics
@@ -72,9 +72,9 @@ def test_saved_adapter_reloads_to_identical_predictions_with_batchnorm(tmp_path,
     x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = model(pixel_values=x).logits
-    save_learned(model, cfg, tmp_path / "run")
+    cfg.save(model, tmp_path / "run")
     base = image.build_model(model_cfg(name_or_path=str(tmp_path / "base")), labels).model
-    reloaded = load_learned(base, cfg, tmp_path / "run").eval()
+    reloaded = cfg.load(base, tmp_path / "run").eval()
     with torch.no_grad():
         # Same tensors, same buffers, same modes; CPU conv kernels may still round the last bit differently for
         # differently aligned allocations (seen with OMP_NUM_THREADS=1), so "identical" is to float32 precision.
@@ -163,7 +163,7 @@ def test_cli_train_predict_eval_end_to_end(tmp_path):
          "training.dataloader_num_workers=0", "training.dataloader_persistent_workers=false", 'training.eval_strategy="no"', 'training.save_strategy="no"', cwd=tmp_path)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["labels"] == list(CLASSES) and manifest["saved_as"] == "adapter"
-    assert manifest["base"]["resolved"] == "base" and manifest["data_info"]["skipped_images"] == 0
+    assert manifest["base"]["ref"]["kind"] == "run" and manifest["data_info"]["skipped_images"] == 0
     assert (run / "adapter" / "adapter_model.safetensors").is_file() and (run / "processor" / image.PROCESSOR_FILE).is_file()
 
     images = sorted(str(p) for p in (folder / "val").rglob("*.*"))[:3]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from sft_hub.config import suggest
+from sft_hub.schema import suggest
 from sft_hub.errors import ConfigError
 
 TASKS = {

@@ -15,7 +15,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -24,8 +24,9 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClas
 from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING_NAMES, feature_extractor_class_from_name
 from transformers.models.auto.modeling_auto import MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES as AUDIO_MODEL_TYPES
 
-from sft_hub.base_model import resolve_source, weight_files
-from sft_hub.config import unknown_key
+from sft_hub.base_model import BaseRef, resolve_source, weight_files
+from sft_hub.model_info import ModelInfo, describe, top_level_head
+from sft_hub.schema import unknown_key
 from sft_hub.errors import ConfigError, DataError
 from sft_hub.metrics import make_compute_metrics
 from sft_hub.tasks import audio_data
@@ -35,17 +36,13 @@ from sft_hub.tasks.base import BuiltModel, TaskData
 from sft_hub.tasks.seeding import ROW, SampleSeeds
 
 log = logging.getLogger("sft_hub")
-# LoRA's default targets: the attention projections (q/k/v_proj in wav2vec2, HuBERT, Whisper and AST in
-# transformers 5; query/key/value in older BERT-style encoders). WavLM is the exception: its attention hands
-# the projections' weights straight to F.multi_head_attention_forward and never calls the modules, so LoRA
-# there would get no gradient at all (transformers#48773); for WavLM the feed-forward layers are adapted.
-lora_target_modules = (r"^(?!wavlm\.).*\.(q_proj|k_proj|v_proj|query|key|value)$"
-                       r"|^wavlm\..*\.feed_forward\.(intermediate_dense|output_dense)$")
+FAMILIES = {"audio-spectrogram-transformer": "ast"}  # model_type -> the family name strategies key on
 _LABEL_KEYS = ("num_labels", "id2label", "label2id", "problem_type")
 
 
 @dataclass
 class ModelConfig:
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("name_or_path",)
     name_or_path: str  # Hub id or local folder (pretrained), or a model type (audio-spectrogram-transformer, wav2vec2, ...) built from `config`
     revision: str | None = None
     config: dict[str, Any] | None = None  # with a model type: its config fields (hidden_size, num_hidden_layers, ...); random weights
@@ -102,6 +99,7 @@ def _scratch_classes(model: ModelConfig, where: str) -> tuple[Any, type, dict[st
 
 @dataclass
 class DataConfig:
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("data_dir",)  # only when it exists locally (else: a folder in the Hub repo)
     dataset: str | None = None  # a Hub dataset id
     dataset_config: str | None = None
     dataset_revision: str | None = None
@@ -262,7 +260,7 @@ def build_model(model: ModelConfig, labels: list[str] | None) -> BuiltModel:
                 net = AutoModelForAudioClassification.from_config(config)
             except (ValueError, RuntimeError) as exc:  # e.g. hidden_size not a multiple of num_attention_heads
                 raise ConfigError(f"model.config: cannot build {model.name_or_path}: {str(exc).splitlines()[0]}") from None
-        source, files = "config", []
+        base, files = BaseRef.scratch(model.name_or_path), []
     else:
         source = resolve_source(model.name_or_path)
         try:
@@ -270,18 +268,17 @@ def build_model(model: ModelConfig, labels: list[str] | None) -> BuiltModel:
                                                                   ignore_mismatched_sizes=True, **kwargs)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"model.name_or_path: cannot load {model.name_or_path!r}: {str(exc).splitlines()[0]}") from None
-        files = weight_files(source, model.revision)
+        files, base = weight_files(source, model.revision), BaseRef.pretrained(model.name_or_path, model.revision)
     if model.freeze_feature_encoder:
         _freeze_feature_encoder(net)
-    return BuiltModel(net, _head_modules(net), files, source, None if source == "config" else model.revision)
+    return BuiltModel(net, describe_model(net), files, base)
 
 
-def _head_modules(net: torch.nn.Module) -> list[str]:
-    """The task head: every top-level module with weights except the backbone (`base_model_prefix`, or the
-    largest child where the prefix names no child, as in Whisper's `encoder`)."""
-    children = {n: sum(p.numel() for p in m.parameters()) for n, m in net.named_children()}
-    backbone = net.base_model_prefix if net.base_model_prefix in children else max(children, key=children.get)
-    return [n for n, size in children.items() if n != backbone and size]
+def describe_model(model: torch.nn.Module, head: list[str] | None = None) -> ModelInfo:
+    """Family = the config's model_type (audio-spectrogram-transformer -> "ast"); blocks = the encoder layers;
+    head = every top-level module with weights outside the backbone (projector + classifier, or AST's MLP head)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__.lower()
+    return describe(model, FAMILIES.get(model_type, model_type), head if head is not None else top_level_head(model), "audio")
 
 
 def _freeze_feature_encoder(net: torch.nn.Module) -> None:

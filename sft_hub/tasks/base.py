@@ -2,6 +2,8 @@
 
 A task is a plain module (see `text.py`, `image.py`, `audio.py`) with these names. The engine calls them
 in this order: `load_data` -> `load_processor` -> `encode` -> `collator` -> `build_model` -> `metrics`.
+A task never knows strategies: it describes its model (`describe_model` -> `ModelInfo`: family, blocks
+bottom to top, head, final, embeddings) and the strategy decides what to train from that description.
 Labels are normalised by `load_data`: every split has a `labels` column holding class ids (ints) or,
 for regression, floats; `TaskData.labels` is the list of class names, or None for regression.
 """
@@ -13,7 +15,11 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from datasets import Dataset, DatasetDict
+from torch import nn
 from transformers import EvalPrediction, PreTrainedModel
+
+from sft_hub.base_model import BaseRef
+from sft_hub.model_info import ModelInfo
 
 
 @dataclass
@@ -32,16 +38,19 @@ class TaskData:
 @dataclass
 class BuiltModel:
     model: PreTrainedModel
-    head_modules: list[str]  # the new head's module names (peft `modules_to_save`, `head` strategy)
+    info: ModelInfo  # the task's description of the model (`describe_model`), head included
     weight_files: list[Path]  # files the base weights were read from (fingerprinted); [] when built from scratch
-    source: str  # what the weights came from: a resolved local path, a Hub id, or "config" (scratch)
-    revision: str | None = None
+    base: BaseRef  # what the weights came from
+
+    @property
+    def head_modules(self) -> list[str]:
+        """The new head's module names (peft `modules_to_save`, the `head` strategy)."""
+        return self.info.head
 
 
 class Task(Protocol):
-    ModelConfig: type
+    ModelConfig: type  # may list `PATH_FIELDS`: local paths made absolute when a recipe is parsed
     DataConfig: type
-    lora_target_modules: list[str] | str | None  # default `target_modules` for LoRA when a recipe gives none
 
     def load_data(self, data: Any, seed: int) -> TaskData: ...
 
@@ -54,6 +63,8 @@ class Task(Protocol):
     def collator(self, processor: Any, data: Any) -> Callable[[list[dict]], dict]: ...
 
     def build_model(self, model: Any, labels: list[str] | None) -> BuiltModel: ...
+
+    def describe_model(self, model: nn.Module, head: list[str] | None = None) -> ModelInfo: ...
 
     def metrics(self, data: Any, labels: list[str] | None) -> Callable[[EvalPrediction], dict[str, float]]: ...
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import timm
 import torch
@@ -21,8 +21,9 @@ from datasets import ClassLabel, Dataset, DatasetDict
 from timm.data import create_transform, resolve_data_config
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
-from sft_hub.base_model import weight_files
-from sft_hub.config import suggest
+from sft_hub.base_model import BaseRef, weight_files
+from sft_hub.model_info import ModelInfo, describe
+from sft_hub.schema import suggest
 from sft_hub.errors import ConfigError, DataError
 from sft_hub.metrics import make_compute_metrics
 from sft_hub.tasks import image_data
@@ -33,16 +34,13 @@ from sft_hub.tasks.base import BuiltModel, TaskData
 BUILTIN = ("digits",)
 PROCESSOR_FILE = "image_processor.json"
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
-# Default LoRA targets: the convs inside ResNet blocks (the reference family) and the block layers of
-# ConvNeXt, EfficientNet and ViT. Stems, downsample paths and depthwise convs are left frozen; the
-# classifier is the new head (saved whole). Other families: give `strategy.target_modules`.
-lora_target_modules = (r"timm_model\.(layer\d+\.\d+\.conv[123]"
-                       r"|(stages\.\d+\.)?blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc[12])"
-                       r"|blocks\.\d+\.\d+\.(conv_pw|conv_pwl|conv_exp|se\.conv_reduce|se\.conv_expand)|conv_head)")
+# timm model classes whose family name differs from the class name
+FAMILIES = {"visiontransformer": "vit", "efficientnetfeatures": "efficientnet"}
 
 
 @dataclass
 class ModelConfig:
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("name_or_path", "weights_file")
     name_or_path: str  # Hub id (timm/resnet50.a1_in1k), local model folder, or timm architecture (resnet18: from scratch)
     revision: str | None = None
     weights_file: str | None = None  # local .safetensors with timm weights for the architecture in name_or_path
@@ -80,6 +78,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("folder",)
     folder: str | None = None  # <folder>/{train,val,...}/<class>/*.jpg, or <folder>/<class>/* with validation_fraction
     builtin: str | None = None  # data that ships with a dependency: digits (sklearn, 8x8 grayscale)
     dataset: str | None = None  # a Hub dataset id (beans, cifar10, ...)
@@ -306,10 +305,10 @@ def build_model(model: ModelConfig, labels: list[str] | None) -> BuiltModel:
         config = TimmWrapperConfig(architecture=model.name_or_path, model_args=args or None, **kwargs)
         config.pretrained_cfg = {**pretrained_cfg, **resolved_data_config(model)}  # AutoImageProcessor reads it
         net = TimmWrapperForImageClassification(config)
-        files, source = [], "config"
+        files, base = [], BaseRef.scratch(model.name_or_path)
         if model.weights_file:
             _load_weights_file(net, model.weights_file, _head_modules(net))
-            files, source = [Path(model.weights_file)], str(Path(model.weights_file).resolve())
+            files, base = [Path(model.weights_file)], BaseRef("local", model.name_or_path, path=str(Path(model.weights_file).resolve()))
     else:
         try:
             config = TimmWrapperConfig.from_pretrained(model.name_or_path, revision=model.revision, **kwargs)
@@ -324,12 +323,19 @@ def build_model(model: ModelConfig, labels: list[str] | None) -> BuiltModel:
         if fresh:  # only the classifier may start from scratch (e.g. a ViT at another image_size would lose its position embeddings)
             raise ConfigError(f"model: {model.name_or_path} does not fit {config.architecture} with these settings: "
                               f"{sorted(fresh)[0]} would be newly initialised ({len(fresh)} weights in all)")
-        files, source = weight_files(model.name_or_path, model.revision), model.name_or_path
+        files, base = weight_files(model.name_or_path, model.revision), BaseRef.pretrained(model.name_or_path, model.revision)
         # keep the data config (with this recipe's overrides) in config.json: AutoImageProcessor reads it
         net.config.pretrained_cfg = {**(getattr(net.config, "pretrained_cfg", None) or {}), **resolved_data_config(model)}
     if model.channels_last:
         _to_channels_last(net)
-    return BuiltModel(net, _head_modules(net), files, source, model.revision)
+    return BuiltModel(net, describe_model(net), files, base)
+
+
+def describe_model(model: torch.nn.Module, head: list[str] | None = None) -> ModelInfo:
+    """Family from the timm model class (ResNet -> "resnet", VisionTransformer -> "vit"); blocks = ResNet
+    stages (`layerN`), ViT / EfficientNet `blocks`, ConvNeXt `stages`, found from the module tree."""
+    name = type(model.timm_model).__name__.lower() if hasattr(model, "timm_model") else type(model).__name__.lower()
+    return describe(model, FAMILIES.get(name, name), head if head is not None else _head_modules(model), "image")
 
 
 def metrics(data: DataConfig, labels: list[str] | None):

@@ -8,15 +8,19 @@ JSON / JSONL files (`source` + `data_files`). Models: any `AutoModelForSequenceC
 from __future__ import annotations
 
 import importlib.resources
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from datasets import Dataset, DatasetDict
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-from sft_hub.base_model import resolve_source, weight_files
-from sft_hub.config import suggest
+from torch import nn
+
+from sft_hub.base_model import BaseRef, resolve_source, weight_files
+from sft_hub.model_info import ModelInfo, describe, top_level_head
+from sft_hub.schema import suggest
 from sft_hub.errors import ConfigError, DataError
 from sft_hub.metrics import make_compute_metrics
 from sft_hub.tasks import labels as label_utils
@@ -24,13 +28,14 @@ from sft_hub.tasks import glue
 from sft_hub.tasks.base import BuiltModel, TaskData
 from sft_hub.tasks.files import load_files
 
+log = logging.getLogger("sft_hub")
 BUILTIN = {"sentiment": "data/sentiment"}
-lora_target_modules = None  # peft knows the attention projections of BERT-family models
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
 
 @dataclass
 class ModelConfig:
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("name_or_path",)
     name_or_path: str
     revision: str | None = None
     trust_remote_code: bool = False
@@ -39,6 +44,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("data_dir", "data_files")
     glue: str | None = None  # cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli
     data_dir: str | None = None  # local folder in the GLUE TSV layout (with `glue`)
     builtin: str | None = None  # data that ships with sft-hub: sentiment
@@ -145,7 +151,26 @@ def encode(splits: DatasetDict, processor: Any, data: DataConfig, model: ModelCo
         return enc
 
     drop = [c for c in ("text_a", "text_b") if c in next(iter(splits.values())).column_names]
-    return DatasetDict({name: ds.map(tokenize, batched=True, remove_columns=drop, desc=f"tokenizing {name}") for name, ds in splits.items()})
+    encoded = DatasetDict({name: ds.map(tokenize, batched=True, remove_columns=drop, desc=f"tokenizing {name}") for name, ds in splits.items()})
+    warn_truncated(splits, encoded, processor, data.max_length)
+    return encoded
+
+
+def warn_truncated(raw: DatasetDict, encoded: DatasetDict, processor: Any, max_length: int | None) -> None:
+    """Say how many rows per split lost their end to max_length (only rows that fill max_length are re-checked)."""
+    limit = max_length or getattr(processor, "model_max_length", None)
+    if not limit or limit > 1_000_000:  # tokenizers without a limit report a huge sentinel
+        return
+    for name, ds in encoded.items():
+        full = [i for i, n in enumerate(ds["length"]) if n >= limit]
+        if not full:
+            continue
+        rows = raw[name].select(full)
+        pair = list(rows["text_b"]) if "text_b" in rows.column_names else None
+        ids = processor(list(rows["text_a"]), pair, truncation=False, verbose=False)["input_ids"]
+        cut = sum(len(x) > limit for x in ids)
+        if cut:
+            log.warning("data: %d of %d %s rows are longer than max_length=%d tokens and were truncated", cut, len(ds), name, limit)
 
 
 def collator(processor: Any, data: DataConfig):
@@ -170,7 +195,18 @@ def build_model(model: ModelConfig, labels: list[str] | None) -> BuiltModel:
     except (OSError, ValueError) as exc:  # missing model; custom code refused without trust_remote_code
         raise ConfigError(f"model.name_or_path: cannot load {model.name_or_path!r}: {str(exc).strip().splitlines()[0]}") from None
     head = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]}) or ["classifier"]
-    return BuiltModel(net, _outermost(head), weight_files(source, model.revision), source, model.revision)
+    return BuiltModel(net, describe_model(net, _outermost(head)), weight_files(source, model.revision),
+                      BaseRef.pretrained(model.name_or_path, model.revision))
+
+
+def describe_model(model: nn.Module, head: list[str] | None = None) -> ModelInfo:
+    """Family = the config's model_type ("bert", "roberta", ...); blocks = the encoder layers.
+
+    `head`: the new head's modules when the loader knows them (weights the checkpoint lacked, e.g. a missing
+    pooler); otherwise every top-level module with weights outside the backbone.
+    """
+    family = getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__.lower()
+    return describe(model, family, head if head is not None else top_level_head(model), "text")
 
 
 def _outermost(names: list[str]) -> list[str]:

@@ -1,10 +1,11 @@
-"""The run directory contract: what is written where, which checkpoints count, and loading a run back.
+"""The run directory's files: what is written where, atomic writes, which checkpoints count, rotation, resume choice.
 
 ```
 <run>/recipe.yaml        resolved recipe (re-running it reproduces the run)
 <run>/manifest.json      base id/revision/fingerprints, strategy, labels, versions, seed, final metrics
 <run>/adapter|head|model what the strategy learned (safetensors); <run>/base when the base had no files
 <run>/processor/         tokenizer / feature extractor / image config used for inputs
+<run>/check_inputs.safetensors  a few encoded eval inputs: export checks the merged model on them without the data
 <run>/checkpoints/checkpoint-N/COMPLETE   a checkpoint counts only once this marker exists
 <run>/eval_results.json, metrics.jsonl, README.md (model card)
 ```
@@ -16,7 +17,6 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import yaml
 from sft_hub.errors import RunError
 
 RECIPE, MANIFEST, EVAL_RESULTS, METRICS_LOG = "recipe.yaml", "manifest.json", "eval_results.json", "metrics.jsonl"
+CHECK_INPUTS = "check_inputs.safetensors"
 LABELS = "labels.json"  # written at the start of a run: a resume with other labels is refused
 COMPLETE = "COMPLETE"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
@@ -81,13 +82,13 @@ def _umask() -> int:
 
 
 def share_like_umask(folder: Path) -> None:
-    """Give owner-only files in `folder` the mode the user's umask gives new files.
+    """Give owner-only files in `folder` (or the file `folder`) the mode the user's umask gives new files.
 
     safetensors (0.8) writes its files owner-only (0600) where every other file gets 0644 under the usual
     umask, so teammates sharing a run dir on a cluster could read its config but not its weights.
     """
     mode = 0o666 & ~_umask()
-    for f in folder.rglob("*"):
+    for f in folder.rglob("*") if folder.is_dir() else [folder]:
         if f.is_file() and not f.is_symlink() and f.stat().st_mode & 0o777 == 0o600 and mode != 0o600:
             f.chmod(mode)
 
@@ -159,20 +160,3 @@ def _diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
         elif va != vb:
             out.add(f"{prefix}{key}")
     return out
-
-
-@dataclass
-class RunInfo:
-    run_dir: Path
-    recipe: Any  # config.Recipe
-    manifest: dict
-
-
-def open_run(run_dir: str | Path) -> RunInfo:
-    from sft_hub.config import parse_recipe, read_yaml
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunError(f"run directory {run_dir} not found")
-    manifest = read_json(run_dir / MANIFEST)
-    return RunInfo(run_dir, parse_recipe(read_yaml(run_dir / RECIPE)), manifest)
