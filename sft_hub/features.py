@@ -110,10 +110,22 @@ def preprocessing_fingerprint(task: Any, processor: Any, data_cfg: Any, task_nam
     with tempfile.TemporaryDirectory() as tmp:
         task.save_processor(processor, Path(tmp))
         files = sorted(p for p in Path(tmp).rglob("*") if p.is_file())
-        parts = [f"{p.relative_to(tmp)}|{hashlib.sha256(p.read_bytes()).hexdigest()}" for p in files]
+        parts = [f"{p.relative_to(tmp)}|{hashlib.sha256(_stable_bytes(p)).hexdigest()}" for p in files]
     fields = {k: v for k, v in (asdict(data_cfg) if hasattr(data_cfg, "__dataclass_fields__") else dict(data_cfg)).items()
               if k not in _ROW_FIELDS}
     return _sha(task_name, *parts, json.dumps(fields, sort_keys=True, default=str))
+
+
+def _stable_bytes(path: Path) -> bytes:
+    """A saved processor file without run-time state: a fast tokenizer's tokenizer.json records the truncation and
+    padding of its last call (absent before the first), while `max_length` is part of the data config anyway."""
+    raw = path.read_bytes()
+    if path.name != "tokenizer.json":
+        return raw
+    state = json.loads(raw)
+    state.pop("truncation", None)
+    state.pop("padding", None)
+    return json.dumps(state, sort_keys=True).encode()
 
 
 @dataclass(frozen=True)
@@ -176,7 +188,7 @@ def _forward_features(model: nn.Module, cut: Cut, batch: dict[str, torch.Tensor]
 
 
 def extract(model: nn.Module, cut: Cut, rows: Dataset, collate: Callable[[list[dict]], dict], batch_size: int = 64,
-            desc: str = "features", num_workers: int = 0) -> np.ndarray | None:
+            desc: str = "split", num_workers: int = 0) -> np.ndarray | None:
     """Features [rows, dim] in row order on the main process (None on other ranks); every rank runs its shard."""
     from accelerate import PartialState
 
@@ -191,7 +203,7 @@ def extract(model: nn.Module, cut: Cut, rows: Dataset, collate: Callable[[list[d
     try:  # the DataLoader fetches batches through Dataset.__getitems__ (one Arrow read per batch)
         loader = DataLoader(rows, batch_size=batch_size, sampler=mine.tolist(), collate_fn=collate, num_workers=num_workers)
         with torch.inference_mode(), _bypassed(model, cut.bypass):
-            for batch in tqdm(loader, desc=desc, disable=not state.is_main_process or len(loader) < 2):
+            for batch in tqdm(loader, desc=f"features ({desc})", disable=not state.is_main_process or len(loader) < 2):
                 batch.pop("labels", None)
                 parts.append(_forward_features(model, cut, {k: v.to(device) for k, v in batch.items()}).numpy())
     finally:
@@ -211,7 +223,7 @@ def extract(model: nn.Module, cut: Cut, rows: Dataset, collate: Callable[[list[d
 
 
 def cached_features(model: nn.Module, cut: Cut, rows: Dataset, collate: Callable, key: FeatureKey, root: Path,
-                    batch_size: int = 64, desc: str = "features") -> tuple[np.ndarray | None, bool]:
+                    batch_size: int = 64, desc: str = "split", num_workers: int = 0) -> tuple[np.ndarray | None, bool]:
     """(features, hit): read from `root/<key>` when present, else extract and store (rank 0 decides and writes)."""
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
@@ -223,12 +235,12 @@ def cached_features(model: nn.Module, cut: Cut, rows: Dataset, collate: Callable
         broadcast_object_list(hit)
     if hit[0]:
         feats = load_features(folder, len(rows)) if state.is_main_process else None
-        log.warning("features for %s: cache hit %s (%d rows), extraction skipped", desc, folder, len(rows))
+        log.warning("features (%s): cache hit %s (%d rows), extraction skipped", desc, folder, len(rows))
         return feats, True
-    feats = extract(model, cut, rows, collate, batch_size, desc)
+    feats = extract(model, cut, rows, collate, batch_size, desc, num_workers)
     if state.is_main_process:
         store_features(folder, feats, key)
-        log.warning("features for %s: extracted %d rows x %d, cached in %s", desc, *feats.shape, folder)
+        log.warning("features (%s): extracted %d rows x %d, cached in %s", desc, *feats.shape, folder)
     return feats, False
 
 

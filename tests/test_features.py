@@ -1,8 +1,8 @@
 """Frozen features and the linear probe fit: the cut point per modality, exact fusion into the head, the cache.
 
-Offline: tiny BERT / timm ResNet / wav2vec2 (with its projector) / AST built from configs, data in tmp_path.
-Engine-level runs of the `linear_probe` strategy (reload, export, cache hit across runs) are in
-test_linear_probe.py.
+Offline: tiny BERT, AST and Whisper (with its projector) built from configs, data in tmp_path.
+Engine-level runs of the `linear_probe` strategy (text, image and wav2vec2: reload, export, cache hit
+across runs) are in test_linear_probe.py.
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ class Prepared:
             return torch.softmax(self.model(**batch).logits.float(), -1).numpy()
 
 
-@pytest.mark.parametrize("kind,cut", [("text", ("classifier", ())), ("image", ("timm_model.fc", ())),
-                                      ("wav2vec2", ("classifier", ("projector",))), ("ast", ("classifier.dense", ()))])
+# text, image and wav2vec2 (projector bypassed and fused) run end to end in test_linear_probe.py; here the other shapes
+@pytest.mark.parametrize("kind,cut", [("ast", ("classifier.dense", ())), ("whisper", ("classifier", ("projector",)))])
 def test_probe_written_into_the_head_gives_sklearn_probabilities(inputs, tmp_path, kind, cut):
     p = Prepared(raw_recipe(kind, inputs, tmp_path / "run"))
     assert (p.cut.classifier, p.cut.bypass) == cut
