@@ -26,7 +26,7 @@ from sft_hub.inference import encode_batch
 from sft_hub.manifest import build_manifest
 from sft_hub.runs import Run
 from sft_hub.sampling import EngineTrainer
-from sft_hub.strategies import count_parameters, frozen_params, saves_whole_model, trainable_state
+from sft_hub.strategies import FitInputs, count_parameters, frozen_params, saves_whole_model, trainable_state
 from sft_hub.tasks import get_task
 from sft_hub.training_args import build_training_args
 
@@ -68,7 +68,8 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
 
     processor = task.load_processor(recipe.model)
     with args.main_process_first(desc="preprocessing"), console.data_bars():
-        encoded = task.encode(data.splits, processor, recipe.data, recipe.model, data.train_split)
+        # a strategy fitted without a training loop (linear_probe) sees the training rows as eval does: no augmentation
+        encoded = task.encode(data.splits, processor, recipe.data, recipe.model, data.train_split if strategy.needs_training_loop else None)
     set_seed(seed)  # the new head's initialisation is part of the run: same seed, same head
     built = task.build_model(recipe.model, data.labels)
     base_ref, base_files = built.base, files_sha256(built.weight_files) if args.should_save else {}
@@ -102,7 +103,10 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
     report.route_tensorboard(trainer, run_dir)
     if checkpoint:
         log.warning("resuming from %s", checkpoint)
-    train_out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if strategy.needs_training_loop:
+        train_metrics = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None).metrics
+    else:  # fitted outside the Trainer (linear_probe): no optimizer, no steps, no checkpoints; eval and saving as usual
+        train_metrics = strategy.fit(model, FitInputs(task, recipe, data, encoded, processor, collator, built.info, args))
     if stop.requested:
         log.warning("stopped by SIGTERM at step %d with a complete checkpoint; run the same command to resume", trainer.state.global_step)
         return {"run_dir": run_dir, "metrics": {}, "manifest": None, "trainer": trainer, "stopped": True}
@@ -128,7 +132,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         task.save_processor(processor, run_dir / "processor")
         run.save_check_inputs(_check_inputs(task, processor, recipe, data))
         manifest = build_manifest(recipe, built, base_ref, base_files, data, frozen_before, trained_sha, count_parameters(model),
-                                  metrics, train_out.metrics, args, task)
+                                  metrics, train_metrics, args, task)
         manifest["nonfinite_skipped"] = guard.skipped
         run.write_json(runs.EVAL_RESULTS, metrics)
         report.write_after_training(run_dir, recipe.task, manifest, predictions, recipe.engine.report)
