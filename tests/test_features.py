@@ -44,17 +44,18 @@ def raw_recipe(kind: str, inputs: dict, out: Path) -> dict:
 
 
 class Prepared:
-    def __init__(self, raw: dict) -> None:
+    def __init__(self, raw: dict, build: bool = True) -> None:
         self.recipe = recipe = parse_recipe(raw)
         self.task = get_task(recipe.task)
         self.data = self.task.load_data(recipe.data, 0)
         self.processor = self.task.load_processor(recipe.model)
         self.encoded = self.task.encode(self.data.splits, self.processor, recipe.data, recipe.model, None)  # no augmentation
-        torch.manual_seed(0)
-        self.built = self.task.build_model(recipe.model, self.data.labels)
-        self.model = self.built.model.eval()
-        self.cut = F.find_cut(self.model, self.built.head_modules)
         self.collate = self.task.collator(self.processor, recipe.data)
+        if build:
+            torch.manual_seed(0)
+            self.built = self.task.build_model(recipe.model, self.data.labels)
+            self.model = self.built.model.eval()
+            self.cut = F.find_cut(self.model, self.built.head_modules)
 
     def key(self, split: str) -> F.FeatureKey:
         return F.FeatureKey(F.base_fingerprint(self.model, self.built.head_modules), self.cut.describe(),
