@@ -87,3 +87,31 @@ def test_linear_probe_is_registered_with_checked_options():
                        ({"Cs": [1.0, -1.0]}, "strategy.Cs"), ({"C": 1.0}, "strategy.C: unknown key")):
         with pytest.raises(ConfigError, match=match):
             strategies.parse_strategy({"name": "linear_probe", **raw})
+
+
+@pytest.mark.slow
+def test_two_process_probe_extracts_shards_and_fits_once(inputs, tmp_path):  # noqa: F811
+    """gloo DDP on CPU: each rank extracts its half, rank 0 gathers, fits and caches; both ranks end with the same head."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import REPO
+
+    raw = probe_recipe("text", inputs, tmp_path / "run", tmp_path / "cache")
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1", "MASTER_PORT": "29531", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sft_hub", "train", str(tmp_path / "recipe.yaml")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shas = dict(re.findall(r"rank (\d+): trained weights sha256 ([0-9a-f]{64})", proc.stderr))
+    assert set(shas) == {"0", "1"} and shas["0"] == shas["1"]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and manifest["train"]["features_cache"] == "extracted"
+    X = F.load_features(tmp_path / "cache" / manifest["train"]["features_key"])
+    p = Prepared(raw)  # one process, the whole split: the gathered features are the same rows in the same order
+    single = F.extract(p.model, p.cut, p.encoded["train"], p.collate, batch_size=8)
+    np.testing.assert_allclose(X, single, atol=1e-5)
