@@ -93,7 +93,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
 
 
 def cmd_report(a: argparse.Namespace) -> None:
-    from sft_hub.report import compare, report_run
+    from sft_hub.report.build import compare, report_run
 
     if len(a.run_dirs) > 1 and not a.out:
         raise SftHubError("report: several runs need --out DIR for the comparison (each run's own report goes to RUN/report)")

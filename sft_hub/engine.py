@@ -16,14 +16,15 @@ import torch
 import torch.nn.functional as F
 from transformers import set_seed
 
-from sft_hub import console, report, runs
+from sft_hub import console, runs
 from sft_hub.base_model import SAVED_BASE, files_sha256, tensors_sha256
 from sft_hub.callbacks import CompleteCheckpoints, EpochSeeds, GracefulStop, MetricsLog, NonFiniteGuard
 from sft_hub.card import write_model_card
 from sft_hub.config import Recipe
 from sft_hub.errors import RunError
-from sft_hub.inference import encode_batch
 from sft_hub.manifest import build_manifest
+from sft_hub.report import build as report
+from sft_hub.report.tensorboard import route as route_tensorboard
 from sft_hub.runs import Run
 from sft_hub.sampling import EngineTrainer
 from sft_hub.strategies import FitInputs, count_parameters, frozen_params, saves_whole_model, trainable_state
@@ -100,7 +101,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
     )
     guard.state = trainer.state
     console.attach(trainer)
-    report.route_tensorboard(trainer, run_dir)
+    route_tensorboard(trainer, run_dir)
     if checkpoint:
         log.warning("resuming from %s", checkpoint)
     if strategy.needs_training_loop:
@@ -130,7 +131,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         strategy.save(trainer.accelerator.unwrap_model(trainer.model), run_dir, state_dict=state)
         run.share(strategy.saved_as)
         task.save_processor(processor, run_dir / "processor")
-        run.save_check_inputs(_check_inputs(task, processor, recipe, data))
+        run.save_check_inputs(_check_inputs(encoded, collator, data))
         manifest = build_manifest(recipe, built, base_ref, base_files, data, frozen_before, trained_sha, count_parameters(model),
                                   metrics, train_metrics, args, task)
         manifest["nonfinite_skipped"] = guard.skipped
@@ -142,10 +143,12 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
     return {"run_dir": run_dir, "metrics": metrics, "manifest": manifest, "trainer": trainer, "stopped": False}
 
 
-def _check_inputs(task: Any, processor: Any, recipe: Recipe, data: Any) -> dict[str, torch.Tensor]:
-    """A few eval rows, encoded and collated as predict does (labels dropped): export's check inputs."""
-    split = data.splits[data.eval_splits[0] if data.eval_splits else data.train_split]
-    return encode_batch(task, processor, recipe.data, recipe.model, split.select(range(min(CHECK_ROWS, len(split)))))
+def _check_inputs(encoded: Any, collator: Any, data: Any) -> dict[str, torch.Tensor]:
+    """A few eval rows, already encoded, collated as predict does (labels dropped): export's check inputs."""
+    split = encoded[data.eval_splits[0] if data.eval_splits else data.train_split]
+    batch = collator([split[i] for i in range(min(CHECK_ROWS, len(split)))])
+    batch.pop("labels", None)
+    return batch
 
 
 def _prepare_run_dir(run: Run, recipe: Recipe, data, args, overwrite: bool, resume: bool | str) -> Path | None:

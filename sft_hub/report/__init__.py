@@ -9,9 +9,6 @@
 ```
 Modules: `curves` (metrics.jsonl), `classes` (confusion matrix, per-class table), `mistakes`, `card` (the
 model card's report section), `tensorboard` (event files under `<run>/tensorboard`), `build` (assembly).
+The package imports nothing itself: `training_args` reads `report.tensorboard` while the config is
+still being imported, and `build` needs the run objects, which need the config.
 """
-
-from sft_hub.report.build import compare, predictions_after_training, report_run, write_after_training, write_report
-from sft_hub.report.tensorboard import route as route_tensorboard
-
-__all__ = ["compare", "predictions_after_training", "report_run", "route_tensorboard", "write_after_training", "write_report"]
