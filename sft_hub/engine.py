@@ -34,7 +34,7 @@ from sft_hub.report import build as report
 from sft_hub.report.tensorboard import route as route_tensorboard
 from sft_hub.runs import Run
 from sft_hub.sampling import EngineTrainer
-from sft_hub.strategies import count_parameters, frozen_params, saves_whole_model, trainable_state
+from sft_hub.strategies import FitInputs, count_parameters, frozen_params, saves_whole_model, trainable_state
 from sft_hub.tasks import get_task
 from sft_hub.training_args import build_training_args
 
@@ -112,7 +112,8 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
 
     processor = _processor(task, recipe, data)
     with args.main_process_first(desc="preprocessing"), console.data_bars():
-        encoded = task.encode(data.splits, processor, recipe.data, recipe.model, data.train_split)
+        # a strategy fitted without a training loop (linear_probe) sees the training rows as eval does: no augmentation
+        encoded = task.encode(data.splits, processor, recipe.data, recipe.model, data.train_split if strategy.needs_training_loop else None)
     set_seed(seed)  # the new head's initialisation is part of the run: same seed, same head
     built = task.build_model(recipe.model, data.labels)
     check_model(recipe, built.model)
@@ -158,7 +159,10 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
         log.warning("resuming from %s", checkpoint)
     peak = PeakMemory().start()
     try:
-        train_out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if strategy.needs_training_loop:
+            train_metrics = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None).metrics
+        else:  # fitted outside the Trainer (linear_probe): no optimizer, no steps, no checkpoints; eval and saving as usual
+            train_metrics = strategy.fit(model, FitInputs(task, recipe, data, encoded, processor, collator, built.info, args))
     except KeyError as exc:  # Trainer finds a misspelt metric_for_best_model only at the first evaluation
         if "metric_for_best_model" not in str(exc):
             raise
@@ -190,7 +194,7 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
         task.save_processor(processor, run_dir / "processor")
         run.save_check_inputs(_check_inputs(encoded, collator, data))
         manifest = build_manifest(recipe, built, base_ref, base_files, data, frozen_before, trained_sha, count_parameters(model),
-                                  metrics, train_out.metrics, args, task)
+                                  metrics, train_metrics, args, task)
         manifest["nonfinite_skipped"] = guard.skipped
         manifest["resources"] = resources
         run.write_json(runs.EVAL_RESULTS, metrics)

@@ -15,6 +15,7 @@ from typing import Any
 from sft_hub.errors import ConfigError
 from sft_hub.schema import check_type, from_dict, suggest
 from sft_hub.strategies.base import (  # noqa: F401  (the shared helpers, importable from the package)
+    FitInputs,
     ModelInfo,
     Strategy,
     count_parameters,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,6 +21,20 @@ from sft_hub.errors import RunError
 from sft_hub.model_info import ModelInfo  # noqa: F401  (the type strategies read; built by the tasks)
 
 WHOLE_MODEL = "model"  # a strategy saving `<run>/model` writes a complete model folder that loads without its base
+
+
+@dataclasses.dataclass
+class FitInputs:
+    """What the engine hands `fit(model, inputs) -> train metrics` of a strategy with `needs_training_loop = False`."""
+
+    task: Any  # the task module (save_processor, ...)
+    recipe: Any  # the parsed Recipe (task name, data and model sections)
+    data: Any  # TaskData: raw splits (fingerprinted), train split name, labels (None = regression)
+    encoded: Any  # DatasetDict, every split encoded with eval preprocessing (no augmentation, no random crops)
+    processor: Any
+    collate: Callable[[list[dict]], dict]
+    info: ModelInfo
+    args: Any  # TrainingArguments (seed, per_device_eval_batch_size, dataloader_num_workers, process state)
 
 
 @runtime_checkable
