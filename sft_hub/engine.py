@@ -53,6 +53,12 @@ def make_loss(regression: bool):
     return loss_fn
 
 
+def strategy_callbacks(strategy: Any, model: torch.nn.Module, checkpoint: Path | None) -> list:
+    """A strategy's Trainer callbacks (optional `callbacks(model, resume_from)`: gradual unfreezing, AdaLoRA's budget)."""
+    make = getattr(strategy, "callbacks", None)
+    return list(make(model, checkpoint)) if make is not None else []
+
+
 def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) -> dict[str, Any]:
     """Train a recipe into its run directory; returns {"run_dir", "metrics", "manifest", "trainer", "stopped"}."""
     task = get_task(recipe.task)
@@ -95,7 +101,9 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         compute_loss_func=guard,
         param_groups=strategy.param_groups,
         processing_class=processor if hasattr(processor, "model_input_names") else None,
-        callbacks=[CompleteCheckpoints(run_dir, keep), MetricsLog(run_dir / runs.METRICS_LOG), stop, EpochSeeds(seeded, seed)],
+        # the strategy's callbacks run first: what they add to a checkpoint is written before it is marked complete
+        callbacks=[*strategy_callbacks(strategy, model, checkpoint), CompleteCheckpoints(run_dir, keep),
+                   MetricsLog(run_dir / runs.METRICS_LOG), stop, EpochSeeds(seeded, seed)],
     )
     guard.state = trainer.state
     if checkpoint:

@@ -94,16 +94,22 @@ def freeze(model: nn.Module, trainable: list[str]) -> None:
 
 
 def keep_frozen_batchnorm_in_eval(model: nn.Module) -> None:
-    """Frozen BN must not update running stats when Trainer calls model.train(): pin it to eval mode."""
+    """Frozen BN must not update running stats when Trainer calls model.train(): pin it to eval mode.
+
+    Checked at every forward, not once: a layer that gradual unfreezing (`unfreeze_after`) thaws later trains
+    normally from then on, and one frozen for the first epochs keeps its statistics until it is thawed.
+    """
 
     def pin_eval(module: nn.Module, _args: tuple) -> None:
-        module.training = False
+        if not any(p.requires_grad for p in module.parameters(recurse=False)):
+            module.training = False
 
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            params = list(module.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and any(True for _ in module.parameters(recurse=False)):
+            if not getattr(module, "_sft_hub_pinned", False):  # one hook, however many strategies call this
                 module.register_forward_pre_hook(pin_eval)
+                module._sft_hub_pinned = True
+            if not any(p.requires_grad for p in module.parameters(recurse=False)):
                 module.eval()
 
 
