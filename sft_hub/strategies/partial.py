@@ -2,7 +2,7 @@
 
 Blocks come from the task's ModelInfo (BERT `encoder.layer.N`, timm ResNet stages `layerN`, ViT `blocks.N`,
 wav2vec2 / AST encoder layers), found from the module tree, never from a list of checkpoints. `n: 0` trains
-the head only (as `head`), `n: all` trains everything the task leaves trainable (as `full`, embeddings
+the head only (exactly as `head`), `n: all` trains everything the task leaves trainable (as `full`, embeddings
 included); `n: L` (every block) keeps the embeddings frozen. Frozen BatchNorm stays in eval mode.
 
 What is saved: the trained tensors, plus the buffers (BatchNorm running statistics) of the trained modules,
@@ -58,7 +58,8 @@ class Partial(TopTraining):
         if self.config.n > len(info.blocks):
             raise ConfigError(f"strategy.n: {self.config.n} blocks, but this {info.family} model has {len(info.blocks)}; "
                               f"use n: all to train everything")
-        return info.blocks[len(info.blocks) - self.config.n:] + info.final + info.head
+        n = self.config.n
+        return info.blocks[len(info.blocks) - n:] + (info.final if n else []) + info.head  # n: 0 is exactly `head`
 
     def apply(self, model: nn.Module, info: ModelInfo) -> nn.Module:
         self.info, self.trained = info, self.modules(info)
