@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Set up sft-hub in ./.venv: FFmpeg for audio decoding (Debian/Ubuntu, when root), then the package with
-# pinned torch/torchvision (constraints.txt). `--dev` adds the test tools. Safe to run again.
+# pinned torch/torchvision (constraints.txt) and TensorBoard. `--dev` adds the test tools. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="demo,audio"
-[ "${1:-}" = "--dev" ] && extras="dev,demo,audio"
+extras="demo,audio,tensorboard"
+[ "${1:-}" = "--dev" ] && extras="dev,demo,audio,tensorboard"
 
 if ! command -v ffmpeg >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

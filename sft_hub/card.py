@@ -8,15 +8,17 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from sft_hub.base_model import BaseRef
+from sft_hub.report.card import card_section
 
 PIPELINE_TAGS = {
     "text_classification": "text-classification",
     "image_classification": "image-classification",
     "audio_classification": "audio-classification",
+    "speech_recognition": "automatic-speech-recognition",
 }
 
 
-CARD_METRICS = ("accuracy", "f1", "f1_macro", "precision_macro", "recall_macro", "matthews_correlation", "pearson", "spearmanr", "mse")
+CARD_METRICS = ("accuracy", "f1", "f1_macro", "precision_macro", "recall_macro", "matthews_correlation", "pearson", "spearmanr", "mse", "wer", "cer")
 
 
 def _dataset_id(recipe) -> str | None:
@@ -64,21 +66,26 @@ def card_data(recipe, manifest: dict, merged: bool = False) -> ModelCardData:
 def _how_to_load(recipe, manifest: dict, merged: bool) -> str:
     task_class = {"text_classification": "AutoModelForSequenceClassification",
                   "image_classification": "AutoModelForImageClassification",
-                  "audio_classification": "AutoModelForAudioClassification"}[recipe.task]
+                  "audio_classification": "AutoModelForAudioClassification",
+                  "speech_recognition": "AutoModelForCTC"}[recipe.task]
+    size = f"vocab_size={len(manifest['labels'] or [0])}, pad_token_id=0" if recipe.task == "speech_recognition" else \
+        f"num_labels={len(manifest['labels'] or [0])}"
     if manifest["saved_as"] == "adapter" and not merged and _from_scratch(manifest):
         return ("This adapter sits on a base trained from scratch that lives in the run directory (`base/`), not on the Hub: "
                 "load it with `sft-hub predict RUN_DIR ...`, or publish a standalone model with `sft-hub push RUN_DIR --merged`.")
     if manifest["saved_as"] == "adapter" and not merged:
         return (f"```python\nfrom peft import PeftModel\nfrom transformers import {task_class}\n\n"
                 f"base = {task_class}.from_pretrained(\"{BaseRef.from_manifest(manifest['base']).hub_id or manifest['base']['name_or_path']}\", "
-                f"num_labels={len(manifest['labels'] or [0])})\n"
+                f"{size})\n"
                 f"model = PeftModel.from_pretrained(base, \"<this repo or folder>\")\n```\n"
                 "or, from the run directory: `sft-hub predict RUN_DIR ...` (checks the base's fingerprint first).")
     return f"```python\nfrom transformers import {task_class}\n\nmodel = {task_class}.from_pretrained(\"<this repo or folder>\")\n```"
 
 
-def render_card(recipe, manifest: dict, merged: bool = False) -> ModelCard:
+def render_card(recipe, manifest: dict, merged: bool = False, report_dir: Path | None = None) -> ModelCard:
+    """The card; with `report_dir` (the `report/` folder beside README.md) it embeds the figures and per-class table."""
     data = card_data(recipe, manifest, merged)
+    report = card_section(report_dir) if report_dir is not None else ""
     origin = (f"Trained from scratch (`{manifest['base']['name_or_path']}`, no pretrained weights)" if _from_scratch(manifest)
               else f"Fine-tuned from `{manifest['base']['name_or_path']}`")
     fingerprint = ("The base weights were fingerprinted before and\nafter training and left unchanged (sha256 of its weight files in `manifest.json`)."
@@ -103,6 +110,7 @@ Labels: {', '.join(manifest['labels']) if manifest['labels'] else 'regression (o
 |---|---|---|
 {metrics}
 
+{report}
 ## How to load
 
 {_how_to_load(recipe, manifest, merged)}
@@ -120,5 +128,5 @@ Library versions: {', '.join(f'{k} {v}' for k, v in manifest['versions'].items()
 
 def write_model_card(run_dir: Path, recipe, manifest: dict, merged: bool = False) -> Path:
     path = Path(run_dir) / "README.md"
-    path.write_text(str(render_card(recipe, manifest, merged)))
+    path.write_text(str(render_card(recipe, manifest, merged, report_dir=Path(run_dir) / "report")))
     return path

@@ -1,4 +1,4 @@
-"""`sft-hub` command line: train | eval | predict | export | push | recipes | demo.
+"""`sft-hub` command line: train | eval | predict | report | export | push | recipes | demo.
 
 Every command takes `--help`. Bad input ends with one line `error: ...` naming the field, file or
 column at fault (exit status 2); `--traceback` shows the full Python traceback instead.
@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from sft_hub.errors import SftHubError
@@ -28,15 +29,17 @@ def recipes_dir() -> Path:
 
 def cmd_train(a: argparse.Namespace) -> None:
     from sft_hub.config import load_recipe
+    from sft_hub.console import train_summary
     from sft_hub.engine import train
 
+    start = time.perf_counter()
     recipe = load_recipe(a.recipe, a.overrides)
     resume: bool | str = a.resume if a.resume else not a.no_resume
     out = train(recipe, overwrite=a.overwrite, resume=resume)
     if out["manifest"] is not None:
-        print(f"run saved to {out['run_dir']}")
         for split, metrics in out["metrics"].items():
             print(_format_metrics(split, metrics))
+        print("\n".join(train_summary(out, time.perf_counter() - start)))
 
 
 def _format_metrics(split: str, metrics: dict) -> str:
@@ -46,8 +49,10 @@ def _format_metrics(split: str, metrics: dict) -> str:
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
+    from sft_hub.console import eval_summary
     from sft_hub.inference import evaluate, load_run
 
+    start = time.perf_counter()
     loaded = load_run(a.run_dir, allow_base_mismatch=a.allow_base_mismatch)
     results = evaluate(loaded, a.split, a.batch_size)
     if a.json:
@@ -55,11 +60,16 @@ def cmd_eval(a: argparse.Namespace) -> None:
     else:
         for split, metrics in results.items():
             print(_format_metrics(split, metrics))
+    samples = sum(int(m.get("num_examples", 0)) for m in results.values())
+    main = loaded.info.manifest["main_metric"]["name"]  # stdout stays data; the summary goes to stderr
+    print("\n".join(eval_summary(loaded.info.run_dir, results, main, samples, time.perf_counter() - start)), file=sys.stderr)
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
+    from sft_hub.console import eval_summary
     from sft_hub.inference import load_adapters, load_run, predict
 
+    start = time.perf_counter()
     if a.adapter:  # several adapters on one base: every positional argument is an input
         views, inputs = load_adapters(a.adapter, allow_base_mismatch=a.allow_base_mismatch), a.args
     else:
@@ -74,10 +84,26 @@ def cmd_predict(a: argparse.Namespace) -> None:
         for item in predict(view, rows, a.batch_size, a.top_k):
             if a.json:
                 print(json.dumps({"run": str(view.info.run_dir), **item} if len(views) > 1 else item))
+            elif "text" in item:  # speech recognition: the transcript
+                print(f"{prefix}{item['text']}\t{item['input']}")
             elif "label" in item:
                 print(f"{prefix}{item['label']}\t{item['score']:.3f}\t{item['input']}")
             else:
                 print(f"{prefix}{item['score']:.4f}\t{item['input']}")
+    where = ", ".join(str(v.info.run_dir) for v in views)
+    print("\n".join(eval_summary(where, {}, "", len(rows) * len(views), time.perf_counter() - start, "predicted")), file=sys.stderr)
+
+
+def cmd_report(a: argparse.Namespace) -> None:
+    from sft_hub.report.build import compare, report_run
+
+    if len(a.run_dirs) > 1 and not a.out:
+        raise SftHubError("report: several runs need --out DIR for the comparison (each run's own report goes to RUN/report)")
+    for run_dir in a.run_dirs:
+        where = report_run(run_dir, split=a.split, batch_size=a.batch_size, predict=not a.curves_only)
+        print(f"report written to {where}")
+    if len(a.run_dirs) > 1:
+        print(f"comparison written to {compare([Path(d) for d in a.run_dirs], Path(a.out)) / 'README.md'}")
 
 
 def cmd_export(a: argparse.Namespace) -> None:
@@ -164,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--allow-base-mismatch", action="store_true", help="load even if the base's fingerprint differs")
     r.set_defaults(func=cmd_predict)
 
+    rp = sub.add_parser("report", help="write RUN/report: curves, confusion matrix, per-class table, worst mistakes")
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    rp.add_argument("--out", help="folder for the comparison of several runs (table first, then curves overlaid)")
+    rp.add_argument("--split", help="split to predict for the confusion matrix and mistakes (default: the first eval split)")
+    rp.add_argument("--batch-size", type=int, default=32)
+    rp.add_argument("--curves-only", action="store_true", help="curves from metrics.jsonl only: load no model")
+    rp.set_defaults(func=cmd_report)
+
     x = sub.add_parser("export", help="merge a run's adapter (or head) into its base: a standalone HF model folder")
     x.add_argument("run_dir")
     x.add_argument("--merge", action="store_true", help="merge the adapter into the base (required)")
@@ -190,25 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _quiet() -> None:
-    """Reloading a run is routine: no load reports for the re-attached head, no bars for a few rows."""
-    import datasets
-    import transformers
-
-    import warnings
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.command in ("eval", "predict", "export", "push"):
-        _quiet()
+    if args.command not in ("recipes",):  # reloading a run is routine: only warnings that matter to the user
+        from sft_hub.console import setup
+
+        setup(quiet_libraries=args.command in ("eval", "predict", "export", "push", "report"))
     try:
         args.func(args)
     except SftHubError as exc:

@@ -31,6 +31,7 @@ class EngineConfig:
 
     nonfinite_loss: typing.Literal["error", "skip"] = "error"  # a NaN/inf loss stops the run, or is skipped
     max_nonfinite_skips: int = 10
+    report: bool = True  # write <run>/report (curves, confusion matrix, per-class table, worst mistakes) at the end
 
 
 @dataclass

@@ -9,6 +9,7 @@ import numpy as np
 from datasets import Dataset
 
 from sft_hub.config import load_recipe
+from sft_hub.console import train_summary
 from sft_hub.engine import train
 from sft_hub.inference import evaluate, load_run, logits, predict
 
@@ -25,11 +26,8 @@ def run_demo(recipe_path: Path, output_dir: str, overrides: list[str]) -> None:
     print(f"[1/4] training {recipe.description or recipe_path.name}")
     start = time.perf_counter()
     out = train(recipe, overwrite=True)
-    print(f"      trained in {time.perf_counter() - start:.0f}s; run dir: {out['run_dir']}")
-    adapter = Path(out["run_dir"]) / out["manifest"]["saved_as"]
-    size = sum(f.stat().st_size for f in adapter.rglob("*") if f.is_file())
-    params = out["manifest"]["parameters"]
-    print(f"      learned {params['trainable']:,} of {params['total']:,} parameters; saved {adapter} ({size / 1e6:.2f} MB)")
+    for line in train_summary(out, time.perf_counter() - start):
+        print(f"      {line.strip()}")
 
     print("[2/4] reloading the run directory (base fingerprint checked)")
     loaded = load_run(out["run_dir"])

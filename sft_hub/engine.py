@@ -16,14 +16,15 @@ import torch
 import torch.nn.functional as F
 from transformers import set_seed
 
-from sft_hub import runs
+from sft_hub import console, runs
 from sft_hub.base_model import SAVED_BASE, files_sha256, tensors_sha256
 from sft_hub.callbacks import CompleteCheckpoints, EpochSeeds, GracefulStop, MetricsLog, NonFiniteGuard
 from sft_hub.card import write_model_card
 from sft_hub.config import Recipe
 from sft_hub.errors import RunError
-from sft_hub.inference import encode_batch
 from sft_hub.manifest import build_manifest
+from sft_hub.report import build as report
+from sft_hub.report.tensorboard import route as route_tensorboard
 from sft_hub.runs import Run
 from sft_hub.sampling import EngineTrainer
 from sft_hub.strategies import count_parameters, frozen_params, saves_whole_model, trainable_state
@@ -59,6 +60,20 @@ def strategy_callbacks(strategy: Any, model: torch.nn.Module, checkpoint: Path |
     return list(make(model, checkpoint)) if make is not None else []
 
 
+def _processor(task: Any, recipe: Recipe, data: Any) -> Any:
+    """The task's processor; a task whose vocabulary comes from the data (speech recognition) builds it from the labels."""
+    if hasattr(task, "build_processor"):
+        return task.build_processor(recipe.model, recipe.data, data.labels)
+    return task.load_processor(recipe.model)
+
+
+def _loss(task: Any, recipe: Recipe, data: Any):
+    """The engine's classification/regression loss, or the task's own (speech recognition: CTC, see tasks/ctc.py)."""
+    if hasattr(task, "make_loss"):
+        return task.make_loss(recipe.model, recipe.data)
+    return make_loss(data.is_regression)
+
+
 def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) -> dict[str, Any]:
     """Train a recipe into its run directory; returns {"run_dir", "metrics", "manifest", "trainer", "stopped"}."""
     task = get_task(recipe.task)
@@ -72,8 +87,8 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
     args = build_training_args(training, run_dir, remove_unused_columns=False)
     checkpoint = _prepare_run_dir(run, recipe, data, args, overwrite, resume)
 
-    processor = task.load_processor(recipe.model)
-    with args.main_process_first(desc="preprocessing"):
+    processor = _processor(task, recipe, data)
+    with args.main_process_first(desc="preprocessing"), console.data_bars():
         encoded = task.encode(data.splits, processor, recipe.data, recipe.model, data.train_split)
     set_seed(seed)  # the new head's initialisation is part of the run: same seed, same head
     built = task.build_model(recipe.model, data.labels)
@@ -87,7 +102,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
     frozen = frozen_params(model)
     frozen_before = tensors_sha256(frozen) if frozen and not saves_whole_model(strategy) else None
     eval_sets = {name: encoded[name] for name in data.eval_splits}
-    guard = NonFiniteGuard(make_loss(data.is_regression), recipe.engine.nonfinite_loss, recipe.engine.max_nonfinite_skips)
+    guard = NonFiniteGuard(_loss(task, recipe, data), recipe.engine.nonfinite_loss, recipe.engine.max_nonfinite_skips)
     stop = GracefulStop()
     collator = task.collator(processor, recipe.data)
     seeded = [t for t in (collator, encoded[data.train_split].format["format_kwargs"].get("transform")) if hasattr(t, "set_epoch")]
@@ -100,12 +115,15 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         compute_metrics=task.metrics(recipe.data, data.labels),
         compute_loss_func=guard,
         param_groups=strategy.param_groups,
+        preprocess_logits_for_metrics=getattr(task, "preprocess_logits_for_metrics", None),
         processing_class=processor if hasattr(processor, "model_input_names") else None,
         # the strategy's callbacks run first: what they add to a checkpoint is written before it is marked complete
         callbacks=[*strategy_callbacks(strategy, model, checkpoint), CompleteCheckpoints(run_dir, keep),
                    MetricsLog(run_dir / runs.METRICS_LOG), stop, EpochSeeds(seeded, seed)],
     )
     guard.state = trainer.state
+    console.attach(trainer)
+    route_tensorboard(trainer, run_dir)
     if checkpoint:
         log.warning("resuming from %s", checkpoint)
     train_out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -121,31 +139,35 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
 
     metrics = {name: trainer.evaluate(eval_dataset=ds, metric_key_prefix=f"eval_{name}") for name, ds in eval_sets.items()}
     trained_sha = tensors_sha256(trainable_state(trainer.accelerator.unwrap_model(trainer.model)).items())
-    log.warning("rank %d: trained weights sha256 %s", args.process_index, trained_sha)
+    (log.warning if args.world_size > 1 else log.info)("rank %d: trained weights sha256 %s", args.process_index, trained_sha)
 
     state = None
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:  # sharded weights: every rank joins the gather
         state = trainer.accelerator.get_state_dict(trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model)
+    predictions = report.predictions_after_training(trainer, data, eval_sets, recipe.engine.report)  # every rank
     manifest = None
     if args.should_save:
         strategy.save(trainer.accelerator.unwrap_model(trainer.model), run_dir, state_dict=state)
         run.share(strategy.saved_as)
         task.save_processor(processor, run_dir / "processor")
-        run.save_check_inputs(_check_inputs(task, processor, recipe, data))
+        run.save_check_inputs(_check_inputs(encoded, collator, data))
         manifest = build_manifest(recipe, built, base_ref, base_files, data, frozen_before, trained_sha, count_parameters(model),
                                   metrics, train_out.metrics, args, task)
         manifest["nonfinite_skipped"] = guard.skipped
         run.write_json(runs.EVAL_RESULTS, metrics)
+        report.write_after_training(run_dir, recipe.task, manifest, predictions, recipe.engine.report)
         write_model_card(run_dir, recipe, manifest)
         run.finish(manifest)  # the manifest is written last: its presence means "finished"
     trainer.accelerator.wait_for_everyone()
     return {"run_dir": run_dir, "metrics": metrics, "manifest": manifest, "trainer": trainer, "stopped": False}
 
 
-def _check_inputs(task: Any, processor: Any, recipe: Recipe, data: Any) -> dict[str, torch.Tensor]:
-    """A few eval rows, encoded and collated as predict does (labels dropped): export's check inputs."""
-    split = data.splits[data.eval_splits[0] if data.eval_splits else data.train_split]
-    return encode_batch(task, processor, recipe.data, recipe.model, split.select(range(min(CHECK_ROWS, len(split)))))
+def _check_inputs(encoded: Any, collator: Any, data: Any) -> dict[str, torch.Tensor]:
+    """A few eval rows, already encoded, collated as predict does (labels dropped): export's check inputs."""
+    split = encoded[data.eval_splits[0] if data.eval_splits else data.train_split]
+    batch = collator([split[i] for i in range(min(CHECK_ROWS, len(split)))])
+    batch.pop("labels", None)
+    return batch
 
 
 def _prepare_run_dir(run: Run, recipe: Recipe, data, args, overwrite: bool, resume: bool | str) -> Path | None:

@@ -23,6 +23,7 @@ from sft_hub import runs
 from sft_hub.card import write_model_card
 from sft_hub.errors import RunError, SftHubError
 from sft_hub.inference import LoadedRun, batch_logits, encode_batch, load_run
+from sft_hub.report.card import copy_for_upload
 from sft_hub.runs import Run
 
 log = logging.getLogger("sft_hub")
@@ -112,6 +113,7 @@ def assemble_upload(run_dir: str | Path, folder: str | Path, merged: bool = Fals
                 shutil.copy2(f, folder / f.name)
     for name in (runs.MANIFEST, runs.RECIPE, runs.EVAL_RESULTS):
         shutil.copy2(run_dir / name, folder / name)
+    copy_for_upload(run_dir, folder)  # the report figures and table the card embeds
     write_model_card(folder, run.recipe, run.manifest, merged=merged or saved_as != "adapter")
     pickles = [f.name for f in folder.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
     if pickles:

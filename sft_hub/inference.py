@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import EvalPrediction
 
+from sft_hub import console
 from sft_hub.errors import DataError, RunError
 from sft_hub.runs import Run, verify_base  # noqa: F401  (verify_base re-exported)
 
@@ -57,7 +58,8 @@ def batch_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> np.n
 
 def _batches(loaded: LoadedRun, rows: Dataset, batch_size: int, desc: str):
     recipe = loaded.info.recipe
-    encoded = loaded.task.encode(DatasetDict({"rows": rows}), loaded.processor, recipe.data, recipe.model, None)["rows"]
+    with console.data_bars(len(rows) >= 5 * batch_size):  # a bar for a real split, none for a few inputs
+        encoded = loaded.task.encode(DatasetDict({"rows": rows}), loaded.processor, recipe.data, recipe.model, None)["rows"]
     collate = loaded.task.collator(loaded.processor, recipe.data)
     loader = DataLoader(encoded, batch_size=batch_size, collate_fn=collate)
     device = next(loaded.model.parameters()).device
@@ -72,11 +74,29 @@ def logits(loaded: LoadedRun, rows: Dataset, batch_size: int = 32) -> np.ndarray
     if hasattr(loaded, "activate"):
         loaded.activate()
     parts = [lg for lg, _ in _batches(loaded, rows, batch_size, "predicting")]
-    return torch.cat(parts).numpy() if parts else np.zeros((0, max(1, len(loaded.labels or [0]))))
+    return _concat(parts) if parts else np.zeros((0, max(1, len(loaded.labels or [0]))))
+
+
+def _concat(parts: list[torch.Tensor]) -> np.ndarray:
+    """Batches stacked; sequence outputs (CTC frames) padded on the time axis with -100, as the Trainer pads them."""
+    if len({p.shape[1:] for p in parts}) > 1:
+        width = max(p.shape[1] for p in parts)
+        parts = [torch.nn.functional.pad(p, (0, 0, 0, width - p.shape[1]), value=-100.0) for p in parts]
+    return torch.cat(parts).numpy()
+
+
+def _label_ids(values: list) -> np.ndarray:
+    """Class ids / floats as they are; label sequences (speech: character ids) padded with -100, as the collator pads."""
+    if values and isinstance(values[0], (list, tuple, np.ndarray)):
+        width = max(len(v) for v in values)
+        return np.array([list(v) + [-100] * (width - len(v)) for v in values], dtype=np.int64)
+    return np.asarray(values)
 
 
 def predict(loaded: LoadedRun, rows: Dataset, batch_size: int = 32, top_k: int = 1) -> list[dict[str, Any]]:
     out = logits(loaded, rows, batch_size)
+    if hasattr(loaded.task, "format_predictions"):  # outputs that are not class scores (speech: transcripts)
+        return loaded.task.format_predictions(loaded, rows, out, top_k)
     results = []
     for i, row in enumerate(rows):
         item = {"input": loaded.task.describe_input(row)}
@@ -107,7 +127,7 @@ def evaluate(loaded: LoadedRun, split: str | None = None, batch_size: int = 32) 
             raise DataError(f"--split {name}: not found; splits are {', '.join(data.splits)}")
         rows = data.splits[name]
         preds = logits(loaded, rows, batch_size)
-        results[name] = compute(EvalPrediction(predictions=preds, label_ids=np.asarray(rows["labels"])))
+        results[name] = compute(EvalPrediction(predictions=preds, label_ids=_label_ids(rows["labels"])))
     return results
 
 

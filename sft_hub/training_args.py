@@ -17,6 +17,7 @@ from transformers import TrainingArguments
 
 from sft_hub.schema import check_type, unknown_key
 from sft_hub.errors import ConfigError
+from sft_hub.report import tensorboard
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
 _HINTS = typing.get_type_hints(TrainingArguments)
@@ -58,6 +59,8 @@ def validate_training(raw: Any) -> dict[str, Any]:
         out[key] = check_type(value, hint, f"training.{key}") if _simple(hint) else value
     if not out.get("output_dir"):
         raise ConfigError("training.output_dir: required (the run directory)")
+    if tensorboard.wants_tensorboard(out.get("report_to")) and not tensorboard.installed():
+        raise ConfigError("training.report_to: tensorboard is not installed; pip install 'sft-hub[tensorboard]' (scripts/setup.sh installs it)")
     for key in _NON_NEGATIVE:
         if key in out and out[key] is not None and out[key] < 0:
             raise ConfigError(f"training.{key}: must be >= 0, got {out[key]}")

@@ -155,8 +155,11 @@ def _reason(exc: Exception, path: str | None) -> str:
     return (text.replace(f": {path} ", ": ").replace(str(path), "") if path else text)[:200]
 
 
-def check_files(splits: DatasetDict, on_bad_file: str) -> tuple[DatasetDict, dict[str, Any]]:
-    """Open every clip's header once; raise on the first bad file, or drop bad files and count them."""
+def check_files(splits: DatasetDict, on_bad_file: str, keep_seconds: bool = False) -> tuple[DatasetDict, dict[str, Any]]:
+    """Open every clip's header once; raise on the first bad file, or drop bad files and count them.
+
+    With `keep_seconds`, each clip's duration from its header stays as a `seconds` column (length filters).
+    """
     def probe_batch(batch: dict) -> dict:
         found = [probe(v) for v in batch["audio"]]
         return {"_problem": [f[0] or "" for f in found], "_rate": [f[1] or 0 for f in found], "_seconds": [f[2] or 0.0 for f in found]}
@@ -173,7 +176,8 @@ def check_files(splits: DatasetDict, on_bad_file: str) -> tuple[DatasetDict, dic
         keep = probed.filter(lambda p: not p, input_columns="_problem") if bad else probed
         rates.update(r for r in keep["_rate"])
         seconds += keep["_seconds"]
-        out[name] = keep.remove_columns(["_problem", "_rate", "_seconds"])
+        keep = keep.remove_columns(["_problem", "_rate"])
+        out[name] = keep.rename_column("_seconds", "seconds") if keep_seconds else keep.remove_columns("_seconds")
     info: dict[str, Any] = {"sampling_rates": {str(r): n for r, n in sorted(rates.items())}, "skipped_files": len(skipped)}
     if seconds:
         info["clip_seconds"] = {"min": round(min(seconds), 3), "mean": round(float(np.mean(seconds)), 3), "max": round(max(seconds), 3)}

@@ -8,6 +8,7 @@ JSON / JSONL files (`source` + `data_files`). Models: any `AutoModelForSequenceC
 from __future__ import annotations
 
 import importlib.resources
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -27,6 +28,7 @@ from sft_hub.tasks import glue
 from sft_hub.tasks.base import BuiltModel, TaskData
 from sft_hub.tasks.files import load_files
 
+log = logging.getLogger("sft_hub")
 BUILTIN = {"sentiment": "data/sentiment"}
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
@@ -149,7 +151,26 @@ def encode(splits: DatasetDict, processor: Any, data: DataConfig, model: ModelCo
         return enc
 
     drop = [c for c in ("text_a", "text_b") if c in next(iter(splits.values())).column_names]
-    return DatasetDict({name: ds.map(tokenize, batched=True, remove_columns=drop, desc=f"tokenizing {name}") for name, ds in splits.items()})
+    encoded = DatasetDict({name: ds.map(tokenize, batched=True, remove_columns=drop, desc=f"tokenizing {name}") for name, ds in splits.items()})
+    warn_truncated(splits, encoded, processor, data.max_length)
+    return encoded
+
+
+def warn_truncated(raw: DatasetDict, encoded: DatasetDict, processor: Any, max_length: int | None) -> None:
+    """Say how many rows per split lost their end to max_length (only rows that fill max_length are re-checked)."""
+    limit = max_length or getattr(processor, "model_max_length", None)
+    if not limit or limit > 1_000_000:  # tokenizers without a limit report a huge sentinel
+        return
+    for name, ds in encoded.items():
+        full = [i for i, n in enumerate(ds["length"]) if n >= limit]
+        if not full:
+            continue
+        rows = raw[name].select(full)
+        pair = list(rows["text_b"]) if "text_b" in rows.column_names else None
+        ids = processor(list(rows["text_a"]), pair, truncation=False, verbose=False)["input_ids"]
+        cut = sum(len(x) > limit for x in ids)
+        if cut:
+            log.warning("data: %d of %d %s rows are longer than max_length=%d tokens and were truncated", cut, len(ds), name, limit)
 
 
 def collator(processor: Any, data: DataConfig):
