@@ -2,6 +2,7 @@
 
 A run of 4 steps saves checkpoint-2; a second run dir holding only that checkpoint (what a run killed after it
 leaves) resumes and must end bit-identical: same losses and grad norms for steps 3-4, same saved tensors.
+The finished run then exports merged (`export --merge`), predicting as the run does.
 AdaLoRA runs with a budget that reallocates ranks every step, so its allocator state crosses the checkpoint.
 (A real SIGKILL across gradual unfreezing is in tests/reliability/test_resume.py.)
 """
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 from sft_hub import runs
 from sft_hub.config import parse_recipe
 from sft_hub.engine import train
+from sft_hub.export import export_merged
 from sft_hub.strategies import available
 
 OPTIONS = {
@@ -60,6 +62,8 @@ def test_resume_from_a_checkpoint_is_exact(tiny_bert, sentiment_files, tmp_path,
     assert set(b) == {3, 4} and all(a[s] == b[s] for s in (3, 4))
     wa, wb = saved_tensors(straight, saved_as), saved_tensors(resumed, saved_as)
     assert wa and wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+    merged = export_merged(straight, tmp_path / "merged")  # export --merge from the run dir: one standalone model
+    assert merged["max_abs_diff"] is not None and merged["max_abs_diff"] <= 1e-5
     if name == "adalora":  # the budget really moved: ranks were masked, and the final adapter is shrunk to them
         pattern = json.loads((straight / "adapter" / "adapter_config.json").read_text())["rank_pattern"]
         assert pattern and not all(all(v) for v in pattern.values())
