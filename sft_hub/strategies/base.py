@@ -3,8 +3,8 @@
 A strategy is one class (no shared state, no implementation inheritance needed) with a typed `Config`
 dataclass of its options; `sft_hub.strategies.parse_strategy` validates a recipe's `strategy:` section
 into an instance. Optional, outside the protocol: `callbacks(model, resume_from) -> list[TrainerCallback]`
-(the engine adds them before its own, e.g. gradual unfreezing, AdaLoRA's rank budget). Freezing helpers live here so `head`, `partial`, peft methods and `linear_probe` agree
-on what "frozen" means: frozen BatchNorm layers stay in eval mode, so their running statistics never move
+(the engine adds them before its own, e.g. gradual unfreezing, AdaLoRA's rank budget). Freezing helpers
+live here so `head`, `partial`, peft methods and `linear_probe` agree on what "frozen" means: frozen BatchNorm layers stay in eval mode, so their running statistics never move
 and a saved adapter or head reloads to identical predictions.
 """
 
