@@ -68,6 +68,12 @@ def make_loss(regression: bool, label_smoothing: float = 0.0):
     return loss_fn
 
 
+def strategy_callbacks(strategy: Any, model: torch.nn.Module, checkpoint: Path | None) -> list:
+    """A strategy's Trainer callbacks (optional `callbacks(model, resume_from)`: gradual unfreezing, AdaLoRA's budget)."""
+    make = getattr(strategy, "callbacks", None)
+    return list(make(model, checkpoint)) if make is not None else []
+
+
 def _processor(task: Any, recipe: Recipe, data: Any) -> Any:
     """The task's processor; a task whose vocabulary comes from the data (speech recognition) builds it from the labels."""
     if hasattr(task, "build_processor"):
@@ -147,8 +153,9 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
         param_groups=strategy.param_groups,
         preprocess_logits_for_metrics=getattr(task, "preprocess_logits_for_metrics", None),
         processing_class=processor if hasattr(processor, "model_input_names") else None,
-        callbacks=[CompleteCheckpoints(run_dir, keep, recipe.raw, data.labels), MetricsLog(run_dir / runs.METRICS_LOG), stop,
-                   EpochSeeds(seeded, seed), FiniteWeights(model), *(callbacks or [])],
+        # the strategy's callbacks run first: what they add to a checkpoint is written before it is marked complete
+        callbacks=[*strategy_callbacks(strategy, model, checkpoint), CompleteCheckpoints(run_dir, keep, recipe.raw, data.labels),
+                   MetricsLog(run_dir / runs.METRICS_LOG), stop, EpochSeeds(seeded, seed), FiniteWeights(model), *(callbacks or [])],
     )
     if recipe.engine.early_stopping_patience:
         trainer.add_callback(EarlyStoppingCallback(recipe.engine.early_stopping_patience, recipe.engine.early_stopping_threshold))

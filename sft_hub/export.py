@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import yaml
 from peft import PeftModel
+from peft.utils import ModulesToSaveWrapper
 
 from sft_hub import public, runs
 from sft_hub.card import write_model_card
@@ -50,10 +51,20 @@ def check_inputs(loaded: LoadedRun) -> tuple[dict[str, torch.Tensor] | None, str
 
 
 def merged_model(loaded: LoadedRun) -> torch.nn.Module:
-    model = loaded.model
-    if isinstance(model, PeftModel):
-        model = model.merge_and_unload()
-    return model
+    return merge(loaded.model)
+
+
+def merge(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with a peft adapter folded in (any other model as it is)."""
+    if not isinstance(model, PeftModel):
+        return model
+    # The head (peft `modules_to_save`) first: outside LoRA, peft 0.21 unwraps it by copying `.weight`, which a
+    # head made of several layers (AST's layernorm + dense) lacks.
+    for name, module in list(model.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.modules_to_save[module.active_adapters[0]])
+    return model.merge_and_unload()
 
 
 def export_merged(run_dir: str | Path, out: str | Path, allow_base_mismatch: bool = False, check: bool = True,

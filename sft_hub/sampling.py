@@ -56,7 +56,10 @@ class EngineTrainer(Trainer):
         if groups is None:
             return super().create_optimizer(model)
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model if model is None else model)
-        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)  # a group's own lr / weight_decay win over the defaults
+        for group in groups:  # a group's own lr / weight_decay win; otherwise the run's (not the optimizer class's) defaults
+            group.setdefault("lr", self.args.learning_rate)
+            group.setdefault("weight_decay", self.args.weight_decay)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 
     def _get_train_sampler(self, train_dataset=None):
