@@ -74,6 +74,9 @@ def cmd_predict(a: argparse.Namespace) -> None:
         for item in predict(view, rows, a.batch_size, a.top_k):
             if a.json:
                 print(json.dumps({"run": str(view.info.run_dir), **item} if len(views) > 1 else item))
+            elif "labels" in item:  # multi-label: every label above its threshold ("-" for none)
+                shown = ",".join(f"{x['label']}:{x['score']:.3f}" for x in item["labels"]) or "-"
+                print(f"{prefix}{shown}\t{item['input']}")
             elif "label" in item:
                 print(f"{prefix}{item['label']}\t{item['score']:.3f}\t{item['input']}")
             else:

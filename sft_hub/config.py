@@ -29,6 +29,13 @@ class EngineConfig:
 
     nonfinite_loss: typing.Literal["error", "skip"] = "error"  # a NaN/inf loss stops the run, or is skipped
     max_nonfinite_skips: int = 10
+    ema: Any = None  # EMA of weights: {decay: 0.999, warmup: false} (sft_hub/ema.py EmaConfig); evaluated and saved instead
+
+    def validate(self, where: str) -> None:
+        if self.ema is not None:
+            from sft_hub.ema import EmaConfig
+
+            self.ema = from_dict(EmaConfig, self.ema, f"{where}.ema")
 
 
 @dataclass

@@ -1,9 +1,11 @@
 """The shared engine: recipe -> task data and model -> strategy -> `transformers.Trainer` -> run directory.
 
 One code path for every modality; Accelerate (through Trainer) does devices, DDP/FSDP/DeepSpeed and
-mixed precision. The engine computes the loss itself (`compute_loss_func`, summed and divided by the
-number of labelled items in the whole accumulated batch), which makes gradient accumulation exact for
-every model, including heads that declare `**kwargs` but ignore `num_items_in_batch` (transformers#47688).
+mixed precision. The engine computes the loss itself (`losses.make_loss`: summed and divided by the
+number of labelled items in the whole accumulated batch, with class weights or multi-label BCE), which
+makes gradient accumulation exact for every model, including heads that declare `**kwargs` but ignore
+`num_items_in_batch` (transformers#47688). Optional controls: an EMA of the weights (`ema.py`) and, for
+multi-label runs, decision thresholds chosen on the first eval split (`controls.py`).
 """
 
 from __future__ import annotations
@@ -12,16 +14,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from transformers import set_seed
 
-from sft_hub import runs
+from sft_hub import controls, runs
 from sft_hub.base_model import files_sha256, tensors_sha256
 from sft_hub.callbacks import CompleteCheckpoints, EpochSeeds, GracefulStop, MetricsLog, NonFiniteGuard
 from sft_hub.config import Recipe
+from sft_hub.ema import WeightEma
 from sft_hub.errors import RunError
 from sft_hub.hub import write_model_card
+from sft_hub.losses import make_loss
 from sft_hub.manifest import build_manifest
 from sft_hub.sampling import EngineTrainer
 from sft_hub.strategies import apply_strategy, count_parameters, frozen_params, save_learned, trainable_state
@@ -29,24 +31,6 @@ from sft_hub.tasks import get_task
 from sft_hub.training_args import build_training_args
 
 log = logging.getLogger("sft_hub")
-
-
-def make_loss(regression: bool):
-    """Sum of per-example losses over the number of labelled examples in the accumulated batch."""
-
-    def loss_fn(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        count = num_items_in_batch if num_items_in_batch is not None else labels.numel()
-        if regression:
-            total = F.mse_loss(logits.float().view(-1), labels.float().view(-1), reduction="sum")
-        elif labels.is_floating_point() and labels.shape == logits.shape:  # soft targets (mixup / cutmix)
-            total = -(labels.float() * F.log_softmax(logits.float(), dim=-1)).sum()
-            count = count / labels.size(-1)  # the Trainer counts every element of a [batch, classes] label
-        else:
-            total = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1), reduction="sum")
-        return total / count
-
-    return loss_fn
 
 
 def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) -> dict[str, Any]:
@@ -65,6 +49,8 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         encoded = task.encode(data.splits, processor, recipe.data, recipe.model, data.train_split)
     set_seed(seed)  # the new head's initialisation is part of the run: same seed, same head
     built = task.build_model(recipe.model, data.labels)
+    if data.multi_label:  # sigmoid outputs: what pipelines and the Hub read from config.json
+        built.model.config.problem_type = "multi_label_classification"
     base = {"files": files_sha256(built.weight_files)} if args.should_save else {}
     if not built.weight_files and recipe.strategy.name != "full" and args.should_save:
         built.model.save_pretrained(run_dir / "base", safe_serialization=True)  # keep a file-less base with its adapter
@@ -74,7 +60,10 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
     model = apply_strategy(built.model, recipe.strategy, built.head_modules, task.lora_target_modules)
     frozen_before = tensors_sha256(frozen_params(model)) if recipe.strategy.name != "full" else None
     eval_sets = {name: encoded[name] for name in data.eval_splits}
-    guard = NonFiniteGuard(make_loss(data.is_regression), recipe.engine.nonfinite_loss, recipe.engine.max_nonfinite_skips)
+    weights = controls.class_weights(recipe.data, data)
+    guard = NonFiniteGuard(make_loss(controls.loss_kind(data), weights), recipe.engine.nonfinite_loss, recipe.engine.max_nonfinite_skips)
+    ema = WeightEma(recipe.engine.ema, checkpoint) if recipe.engine.ema is not None else None
+    compute_metrics = task.metrics(recipe.data, data.labels)
     stop = GracefulStop()
     collator = task.collator(processor, recipe.data)
     seeded = [t for t in (collator, encoded[data.train_split].format["format_kwargs"].get("transform")) if hasattr(t, "set_epoch")]
@@ -84,12 +73,15 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         train_dataset=encoded[data.train_split],
         eval_dataset=(eval_sets if len(eval_sets) > 1 else next(iter(eval_sets.values()), None)),
         data_collator=collator,
-        compute_metrics=task.metrics(recipe.data, data.labels),
+        compute_metrics=compute_metrics,
         compute_loss_func=guard,
         processing_class=processor if hasattr(processor, "model_input_names") else None,
-        callbacks=[CompleteCheckpoints(run_dir, keep), MetricsLog(run_dir / runs.METRICS_LOG), stop, EpochSeeds(seeded, seed)],
+        callbacks=[*([ema] if ema else []), CompleteCheckpoints(run_dir, keep), MetricsLog(run_dir / runs.METRICS_LOG), stop,
+                   EpochSeeds(seeded, seed)],  # the EMA writes its file into a checkpoint before it is marked complete
     )
     guard.state = trainer.state
+    if ema:
+        ema.attach(trainer)
     if checkpoint:
         log.warning("resuming from %s", checkpoint)
     train_out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -103,6 +95,9 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         if files_sha256(built.weight_files) != base["files"]:
             raise RunError(f"base weight files {', '.join(map(str, built.weight_files))} changed on disk during training")
 
+    if ema:
+        ema.use_average()  # from here on the model holds the average: evaluated, fingerprinted and saved
+    thresholds = controls.choose_thresholds(trainer, recipe.data, data, eval_sets, compute_metrics)
     metrics = {name: trainer.evaluate(eval_dataset=ds, metric_key_prefix=f"eval_{name}") for name, ds in eval_sets.items()}
     trained_sha = tensors_sha256(trainable_state(trainer.accelerator.unwrap_model(trainer.model)).items())
     log.warning("rank %d: trained weights sha256 %s", args.process_index, trained_sha)
@@ -121,6 +116,9 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         manifest = build_manifest(recipe, built, base, data, frozen_before, trained_sha, count_parameters(model),
                                   metrics, train_out.metrics, args, task)
         manifest["nonfinite_skipped"] = guard.skipped
+        manifest.update(controls.manifest_fields(recipe, data, weights, thresholds))
+        if thresholds is not None:
+            runs.write_json(run_dir / controls.THRESHOLDS, thresholds)
         runs.write_json(run_dir / runs.EVAL_RESULTS, metrics)
         write_model_card(run_dir, recipe, manifest)
         runs.write_json(run_dir / runs.MANIFEST, manifest)  # written last: its presence means "finished"

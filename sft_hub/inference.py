@@ -1,6 +1,7 @@
 """Loading a run directory back into a model (with the base's fingerprint checked) and running it.
 
 Used by `sft-hub eval` and `sft-hub predict`; reads the run directory only, never the original recipe.
+Multi-label runs score sigmoid outputs against the thresholds saved with the run (`thresholds.json`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import EvalPrediction
 
 from sft_hub.base_model import files_sha256
+from sft_hub.controls import load_thresholds
 from sft_hub.errors import DataError, RunError
 from sft_hub.runs import RunInfo, open_run
 from sft_hub.strategies import load_learned
@@ -37,6 +39,13 @@ class LoadedRun:
     @property
     def labels(self) -> list[str] | None:
         return self.info.manifest["labels"]
+
+    @property
+    def multi_label(self) -> bool:
+        return self.info.manifest.get("problem_type") == "multi_label_classification"
+
+    def thresholds(self) -> np.ndarray:
+        return load_thresholds(self.info.run_dir, self.labels)
 
 
 def verify_base(weight_files: list[Path], manifest: dict, allow_mismatch: bool = False) -> None:
@@ -95,10 +104,16 @@ def logits(loaded: LoadedRun, rows: Dataset, batch_size: int = 32) -> np.ndarray
 
 def predict(loaded: LoadedRun, rows: Dataset, batch_size: int = 32, top_k: int = 1) -> list[dict[str, Any]]:
     out = logits(loaded, rows, batch_size)
+    thresholds = loaded.thresholds() if loaded.multi_label else None
     results = []
     for i, row in enumerate(rows):
         item = {"input": loaded.task.describe_input(row)}
-        if loaded.labels is None:
+        if thresholds is not None:  # every label at or above its threshold, most probable first
+            probs = torch.sigmoid(torch.from_numpy(out[i]).double())
+            above = [j for j in torch.argsort(probs, descending=True).tolist() if probs[j] >= thresholds[j]]
+            item["labels"] = [{"label": loaded.labels[j], "score": float(probs[j])} for j in above]
+            item["scores"] = {name: float(p) for name, p in zip(loaded.labels, probs)}
+        elif loaded.labels is None:
             item["score"] = float(out[i].reshape(-1)[0])
         else:
             probs = torch.softmax(torch.from_numpy(out[i]), -1)
@@ -118,6 +133,8 @@ def evaluate(loaded: LoadedRun, split: str | None = None, batch_size: int = 32) 
         raise DataError(f"data: labels now {data.labels}, but the run was trained with {loaded.labels}")
     splits = [split] if split else data.eval_splits
     compute = loaded.task.metrics(recipe.data, data.labels)
+    if loaded.multi_label:
+        compute.thresholds = loaded.thresholds()
     results = {}
     for name in splits:
         if name not in data.splits:

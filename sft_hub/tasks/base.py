@@ -3,7 +3,8 @@
 A task is a plain module (see `text.py`, `image.py`, `audio.py`) with these names. The engine calls them
 in this order: `load_data` -> `load_processor` -> `encode` -> `collator` -> `build_model` -> `metrics`.
 Labels are normalised by `load_data`: every split has a `labels` column holding class ids (ints) or,
-for regression, floats; `TaskData.labels` is the list of class names, or None for regression.
+for regression, floats (for multi-label data, multi-hot float rows); `TaskData.labels` is the list of class
+names, or None for regression.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class TaskData:
     eval_splits: list[str]
     labels: list[str] | None  # class names in id order; None means regression (one output)
     info: dict[str, Any] = field(default_factory=dict)  # e.g. skipped files, counted into the manifest
+    multi_label: bool = False  # `labels` columns hold multi-hot float rows (problem_type: multi_label_classification)
 
     @property
     def is_regression(self) -> bool:
