@@ -53,6 +53,10 @@ class _Tracked(nn.Module):
         self.names = [n for n in state if n in trainable or n in dict(model.named_buffers())]
         for i, name in enumerate(self.names):
             self.register_buffer(f"t{i}", state[name].detach())
+        if not self.names:
+            raise ConfigError("engine.ema: the model has nothing trainable to average")
+        # ModelEmaV3 reads its device from a parameter: an empty one, on the tracked tensors' device
+        self.anchor = nn.Parameter(torch.empty(0, device=state[self.names[0]].device), requires_grad=False)
 
     def tensors(self) -> list[torch.Tensor]:
         return [getattr(self, f"t{i}") for i in range(len(self.names))]
@@ -99,7 +103,7 @@ class WeightEma(TrainerCallback):
             save_file(tensors, str(folder / EMA_FILE))
 
     def _averaged(self) -> list[torch.Tensor]:
-        return list(self.ema.module.state_dict().values())
+        return self.ema.module.tensors()
 
     def _load(self, path: Path) -> None:
         if not path.is_file():

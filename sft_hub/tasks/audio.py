@@ -114,7 +114,7 @@ class DataConfig:
     label_column: str = "label"
     problem_type: Literal["classification", "multi_label_classification"] = "classification"
     label_delimiter: str | None = None  # multi-label: split label strings on this ("a|b"); a list column needs none
-    class_weights: Literal["balanced"] | dict[str | int, float] | None = None  # loss weight per class (sft_hub/losses.py)
+    class_weights: str | dict[str | int, float] | None = None  # "balanced" or label -> weight: loss weight per class (sft_hub/losses.py)
     threshold: float | Literal["per_label", "global"] | None = None  # multi-label decision thresholds; default per_label, chosen on validation
     train_split: str = "train"
     eval_splits: list[str] | None = None
