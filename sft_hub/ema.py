@@ -49,8 +49,12 @@ class _Tracked(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        state = model.state_dict(keep_vars=True)
-        self.names = [n for n in state if n in trainable or n in dict(model.named_buffers())]
+        state, buffers, seen = model.state_dict(keep_vars=True), dict(model.named_buffers()), set()
+        self.names = []
+        for name, tensor in state.items():  # tied tensors once: averaging one storage twice would double its update
+            if (name in trainable or name in buffers) and tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                self.names.append(name)
         for i, name in enumerate(self.names):
             self.register_buffer(f"t{i}", state[name].detach())
         if not self.names:
