@@ -20,12 +20,16 @@ from sft_hub.errors import RunError
 from sft_hub.lock import LOCK
 
 MARKERS = (runs.RECIPE, runs.MANIFEST, runs.LABELS, "checkpoints")  # any one of these: an sft-hub run dir
-OWN = {*MARKERS, runs.EVAL_RESULTS, runs.METRICS_LOG, "README.md", "adapter", "head", "model", "base", "processor", LOCK}
+OWN = {*MARKERS, runs.EVAL_RESULTS, runs.METRICS_LOG, runs.CHECK_INPUTS, "README.md", "base", "processor", LOCK,
+       "report", "tensorboard", "thresholds.json"}  # plus each registered strategy's `saved_as` folder (see _own)
 CHECKPOINT_RUN = "sft-hub-run.json"  # in every complete checkpoint: the recipe and labels it was trained with
 
 
 def _own(name: str) -> bool:
-    return name in OWN or name.endswith(".tmp")  # atomic writes interrupted by a crash
+    from sft_hub.strategies import available
+
+    saved = {cls.saved_as for cls in available()}
+    return name in OWN or name in saved or name.endswith(".tmp")  # .tmp: atomic writes interrupted by a crash
 
 
 def is_run_dir(folder: Path) -> bool:

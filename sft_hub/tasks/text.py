@@ -139,8 +139,9 @@ def load_data(data: DataConfig, seed: int) -> TaskData:
             raw = load_files(data.source, data.data_files)
             origin = "data_files"
         raw = _select_text_columns(raw, data, origin)
-        label_utils.check_labels_present(raw, data.data_files if data.source else None, data.label_column,
-                                         header=data.source in ("csv", "tsv"))
+        if data.problem_type != label_utils.MULTI_LABEL:  # multi-label: an empty field means "no label applies"
+            label_utils.check_labels_present(raw, data.data_files if data.source else None, data.label_column,
+                                             header=data.source in ("csv", "tsv"))
         splits, train_split, evals = label_utils.choose_splits(raw, data.train_split, data.eval_splits, data.validation_fraction, seed)
         if data.problem_type == label_utils.MULTI_LABEL:
             splits, labels = label_utils.encode_multi_labels(splits, train_split, evals, data.label_delimiter)
