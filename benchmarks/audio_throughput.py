@@ -130,7 +130,7 @@ def main() -> None:
     from transformers import Trainer
 
     from sft_hub.config import load_recipe
-    from sft_hub.engine import make_loss
+    from sft_hub.losses import make_loss
     from sft_hub.tasks import audio
 
     torch.set_num_threads(a.threads)
@@ -169,7 +169,7 @@ def main() -> None:
         for side in ("sft-hub", "baseline"):
             model = audio.build_model(recipe.model, [str(d) for d in range(10)]).model  # same seeded initial weights
             ds, extra, setup = prepared[side]
-            kwargs = {"data_collator": extra, "compute_loss_func": make_loss(False)} if side == "sft-hub" else {"processing_class": extra}
+            kwargs = {"data_collator": extra, "compute_loss_func": make_loss("single_label")} if side == "sft-hub" else {"processing_class": extra}
             trainer = Trainer(model=model, args=args, train_dataset=ds, **kwargs)
             start = time.process_time()
             trainer.train()

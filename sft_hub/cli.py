@@ -97,6 +97,9 @@ def cmd_predict(a: argparse.Namespace) -> None:
                 print(json.dumps({"run": str(view.info.run_dir), **item} if len(views) > 1 else item))
             elif "text" in item:  # speech recognition: the transcript
                 print(f"{prefix}{item['text']}\t{item['input']}")
+            elif "labels" in item:  # multi-label: every label above its threshold ("-" for none)
+                shown = ",".join(f"{x['label']}:{x['score']:.3f}" for x in item["labels"]) or "-"
+                print(f"{prefix}{shown}\t{item['input']}")
             elif "label" in item:
                 print(f"{prefix}{item['label']}\t{item['score']:.3f}\t{item['input']}")
             else:

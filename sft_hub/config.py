@@ -34,6 +34,13 @@ class EngineConfig:
     early_stopping_patience: int | None = None  # stop after this many evaluations without improvement (EarlyStoppingCallback)
     early_stopping_threshold: float = 0.0  # how much `metric_for_best_model` must improve to count
     report: bool = True  # write <run>/report (curves, confusion matrix, per-class table, worst mistakes) at the end
+    ema: Any = None  # EMA of weights: {decay: 0.999, warmup: false} (sft_hub/ema.py EmaConfig); evaluated and saved instead
+
+    def validate(self, where: str) -> None:
+        if self.ema is not None:
+            from sft_hub.ema import EmaConfig
+
+            self.ema = from_dict(EmaConfig, self.ema, f"{where}.ema")
 
 
 @dataclass

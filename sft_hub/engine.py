@@ -16,22 +16,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import EarlyStoppingCallback, set_seed
 
-from sft_hub import console, runs
+from sft_hub import console, controls, runs
 from sft_hub.base_model import SAVED_BASE, files_sha256, tensors_sha256
 from sft_hub.callbacks import CompleteCheckpoints, EpochSeeds, FiniteWeights, GracefulStop, MetricsLog, NonFiniteGuard
 from sft_hub.card import write_model_card
 from sft_hub.checks import check_data, check_model, check_model_source, check_recipe
 from sft_hub.config import Recipe
+from sft_hub.ema import WeightEma
 from sft_hub.errors import ConfigError, RunError
 from sft_hub.lock import RunLock
+from sft_hub.losses import make_loss
 from sft_hub.manifest import build_manifest
-from sft_hub.resources import PeakMemory
 from sft_hub.ownership import check_resume_checkpoint, clear_run_dir
 from sft_hub.report import build as report
 from sft_hub.report.tensorboard import route as route_tensorboard
+from sft_hub.resources import PeakMemory
 from sft_hub.runs import Run
 from sft_hub.sampling import EngineTrainer
 from sft_hub.strategies import FitInputs, count_parameters, frozen_params, saves_whole_model, trainable_state
@@ -41,31 +42,6 @@ from sft_hub.training_args import build_training_args
 CHECK_ROWS = 8  # eval inputs stored in the run for export's check (a run dir then needs no training data)
 
 log = logging.getLogger("sft_hub")
-
-
-def make_loss(regression: bool, label_smoothing: float = 0.0):
-    """Sum of per-example losses over the number of labelled examples in the accumulated batch.
-
-    `label_smoothing` (`training.label_smoothing_factor`) mixes each target with the uniform distribution
-    over classes, as Trainer's own LabelSmoother does; the engine's loss replaces Trainer's, so it is
-    applied here (hard labels through cross_entropy, soft mixup/cutmix targets by the same mixing).
-    """
-
-    def loss_fn(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        count = num_items_in_batch if num_items_in_batch is not None else labels.numel()
-        if regression:
-            total = F.mse_loss(logits.float().view(-1), labels.float().view(-1), reduction="sum")
-        elif labels.is_floating_point() and labels.shape == logits.shape:  # soft targets (mixup / cutmix)
-            target = labels.float() * (1 - label_smoothing) + label_smoothing / labels.size(-1)
-            total = -(target * F.log_softmax(logits.float(), dim=-1)).sum()
-            count = count / labels.size(-1)  # the Trainer counts every element of a [batch, classes] label
-        else:
-            total = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1), reduction="sum",
-                                    label_smoothing=label_smoothing)
-        return total / count
-
-    return loss_fn
 
 
 def strategy_callbacks(strategy: Any, model: torch.nn.Module, checkpoint: Path | None) -> list:
@@ -81,11 +57,12 @@ def _processor(task: Any, recipe: Recipe, data: Any) -> Any:
     return task.load_processor(recipe.model)
 
 
-def _loss(task: Any, recipe: Recipe, data: Any):
-    """The engine's classification/regression loss, or the task's own (speech recognition: CTC, see tasks/ctc.py)."""
+def _loss(task: Any, recipe: Recipe, data: Any, weights: list[float] | None):
+    """The engine's loss (losses.py: classification, multi-label, regression; class weights, label smoothing),
+    or the task's own (speech recognition: CTC, see tasks/ctc.py)."""
     if hasattr(task, "make_loss"):
         return task.make_loss(recipe.model, recipe.data)
-    return make_loss(data.is_regression, float(recipe.training.get("label_smoothing_factor") or 0.0))
+    return make_loss(controls.loss_kind(data), weights, float(recipe.training.get("label_smoothing_factor") or 0.0))
 
 
 def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True, callbacks: list | None = None) -> dict[str, Any]:
@@ -123,6 +100,8 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
     set_seed(seed)  # the new head's initialisation is part of the run: same seed, same head
     built = task.build_model(recipe.model, data.labels)
     check_model(recipe, built.model)
+    if data.multi_label:  # sigmoid outputs: what pipelines and the Hub read from config.json
+        built.model.config.problem_type = "multi_label_classification"
     base_ref, base_files = built.base, files_sha256(built.weight_files) if args.should_save else {}
     with tempfile.TemporaryDirectory(prefix="sft-hub-base-") as tmp:
         keep_base = not built.weight_files and not saves_whole_model(strategy) and args.should_save
@@ -138,7 +117,10 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
     frozen = frozen_params(model)
     frozen_before = tensors_sha256(frozen) if frozen and not saves_whole_model(strategy) else None
     eval_sets = {name: encoded[name] for name in data.eval_splits}
-    guard = NonFiniteGuard(_loss(task, recipe, data), recipe.engine.nonfinite_loss, recipe.engine.max_nonfinite_skips)
+    weights = controls.class_weights(recipe.data, data)
+    guard = NonFiniteGuard(_loss(task, recipe, data, weights), recipe.engine.nonfinite_loss, recipe.engine.max_nonfinite_skips)
+    ema = WeightEma(recipe.engine.ema, checkpoint) if recipe.engine.ema is not None else None
+    compute_metrics = task.metrics(recipe.data, data.labels)
     stop = GracefulStop()
     collator = task.collator(processor, recipe.data)
     seeded = [t for t in (collator, encoded[data.train_split].format["format_kwargs"].get("transform")) if hasattr(t, "set_epoch")]
@@ -148,18 +130,21 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
         train_dataset=encoded[data.train_split],
         eval_dataset=(eval_sets if len(eval_sets) > 1 else next(iter(eval_sets.values()), None)),
         data_collator=collator,
-        compute_metrics=task.metrics(recipe.data, data.labels),
+        compute_metrics=compute_metrics,
         compute_loss_func=guard,
         param_groups=strategy.param_groups,
         preprocess_logits_for_metrics=getattr(task, "preprocess_logits_for_metrics", None),
         processing_class=processor if hasattr(processor, "model_input_names") else None,
-        # the strategy's callbacks run first: what they add to a checkpoint is written before it is marked complete
-        callbacks=[*strategy_callbacks(strategy, model, checkpoint), CompleteCheckpoints(run_dir, keep, recipe.raw, data.labels),
-                   MetricsLog(run_dir / runs.METRICS_LOG), stop, EpochSeeds(seeded, seed), FiniteWeights(model), *(callbacks or [])],
+        # the EMA's and the strategy's callbacks run first: what they add to a checkpoint is written before it is marked complete
+        callbacks=[*([ema] if ema else []), *strategy_callbacks(strategy, model, checkpoint),
+                   CompleteCheckpoints(run_dir, keep, recipe.raw, data.labels), MetricsLog(run_dir / runs.METRICS_LOG), stop,
+                   EpochSeeds(seeded, seed), FiniteWeights(model), *(callbacks or [])],
     )
     if recipe.engine.early_stopping_patience:
         trainer.add_callback(EarlyStoppingCallback(recipe.engine.early_stopping_patience, recipe.engine.early_stopping_threshold))
     guard.state = trainer.state
+    if ema:
+        ema.attach(trainer)
     console.attach(trainer)
     route_tensorboard(trainer, run_dir)
     if checkpoint:
@@ -186,6 +171,9 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
             raise RunError(f"base weight files {', '.join(map(str, built.weight_files))} changed on disk during training")
 
     trainer.remove_callback(EarlyStoppingCallback)  # the final evaluations below use their own metric names
+    if ema:
+        ema.use_average()  # from here on the model holds the average: evaluated, fingerprinted and saved
+    thresholds = controls.choose_thresholds(trainer, recipe.data, data, eval_sets, compute_metrics)
     metrics = {name: trainer.evaluate(eval_dataset=ds, metric_key_prefix=f"eval_{name}") for name, ds in eval_sets.items()}
     trained_sha = tensors_sha256(trainable_state(trainer.accelerator.unwrap_model(trainer.model)).items())
     (log.warning if args.world_size > 1 else log.info)("rank %d: trained weights sha256 %s", args.process_index, trained_sha)
@@ -204,6 +192,9 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
                                   metrics, train_metrics, args, task)
         manifest["nonfinite_skipped"] = guard.skipped
         manifest["resources"] = resources
+        manifest.update(controls.manifest_fields(recipe, data, weights, thresholds))
+        if thresholds is not None:
+            run.write_json(controls.THRESHOLDS, thresholds)
         run.write_json(runs.EVAL_RESULTS, metrics)
         report.write_after_training(run_dir, recipe.task, manifest, predictions, recipe.engine.report)
         write_model_card(run_dir, recipe, manifest)

@@ -1,7 +1,8 @@
 """Running a run's model: load it (`Run.open(dir).load_model()`, the base's fingerprint checked), predict, evaluate.
 
 Used by `sft-hub eval`, `predict` and `export`; reads the run directory only. Only `evaluate` reads the
-data section (it needs the data); predicting needs nothing but the run dir and its base.
+data section (it needs the data); predicting needs nothing but the run dir and its base. Multi-label runs
+score sigmoid outputs against the thresholds saved with the run (`thresholds.json`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from datasets import Dataset, DatasetDict
 from transformers import EvalPrediction
 
 from sft_hub import fast_predict
+from sft_hub.controls import load_thresholds
 from sft_hub.errors import DataError, RunError
 from sft_hub.runs import Run, verify_base  # noqa: F401  (verify_base re-exported)
 from sft_hub.strategies.peft import check_adapter_folder
@@ -34,6 +36,13 @@ class LoadedRun:
     @property
     def labels(self) -> list[str] | None:
         return self.info.labels
+
+    @property
+    def multi_label(self) -> bool:
+        return self.info.manifest.get("problem_type") == "multi_label_classification"
+
+    def thresholds(self) -> np.ndarray:
+        return load_thresholds(self.info.run_dir, self.labels)
 
 
 def load_run(run_dir: str | Path, allow_base_mismatch: bool = False) -> LoadedRun:
@@ -72,10 +81,16 @@ def predict(loaded: LoadedRun, rows: Dataset, batch_size: int | None = None, top
     out = logits(loaded, rows, batch_size)
     if hasattr(loaded.task, "format_predictions"):  # outputs that are not class scores (speech: transcripts)
         return loaded.task.format_predictions(loaded, rows, out, top_k)
+    thresholds = loaded.thresholds() if loaded.multi_label else None
     results = []
     for i, row in enumerate(rows):
         item = {"input": loaded.task.describe_input(row)}
-        if loaded.labels is None:
+        if thresholds is not None:  # every label at or above its threshold, most probable first
+            probs = torch.sigmoid(torch.from_numpy(out[i]).double())
+            above = [j for j in torch.argsort(probs, descending=True).tolist() if probs[j] >= thresholds[j]]
+            item["labels"] = [{"label": loaded.labels[j], "score": float(probs[j])} for j in above]
+            item["scores"] = {name: float(p) for name, p in zip(loaded.labels, probs)}
+        elif loaded.labels is None:
             item["score"] = float(out[i].reshape(-1)[0])
         else:
             probs = torch.softmax(torch.from_numpy(out[i]), -1)
@@ -96,6 +111,8 @@ def evaluate(loaded: LoadedRun, split: str | None = None, batch_size: int | None
         raise DataError(f"data: labels now {data.labels}, but the run was trained with {loaded.labels}")
     splits = [split] if split else data.eval_splits
     compute = loaded.task.metrics(data_cfg, data.labels)
+    if loaded.multi_label:
+        compute.thresholds = loaded.thresholds()
     results = {}
     for name in splits:
         if name not in data.splits:

@@ -7,6 +7,7 @@ import signal
 import time
 
 import pytest
+import torch
 import yaml
 from conftest import text_recipe, write_sentiment_csv
 from faults import run_cli
@@ -145,3 +146,25 @@ def test_nonfinite_loss(tiny_bert, tmp_path, action):
     else:
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert json.loads((tmp_path / "run" / "manifest.json").read_text())["nonfinite_skipped"] >= 1
+
+
+def test_sigkill_then_resume_restores_the_weight_average_exactly(tiny_bert, tmp_path):
+    """engine.ema: the average is saved in each checkpoint and read back; resumed == uninterrupted, bit for bit."""
+    paths = {}
+    for name in ("straight", "crashed"):
+        path = recipe_file(tmp_path, tiny_bert, tmp_path / name)
+        raw = yaml.safe_load(path.read_text())
+        raw["engine"] = {"ema": {"decay": 0.7}}
+        path.write_text(yaml.safe_dump(raw))
+        paths[name] = path
+    assert run_cli("none", "train", str(paths["straight"])).returncode == 0
+    assert run_cli("kill_after_complete:4", "train", str(paths["crashed"])).returncode == -signal.SIGKILL
+    assert (tmp_path / "crashed" / "checkpoints" / "checkpoint-4" / "ema.safetensors").is_file()
+    resumed = run_cli("none", "train", str(paths["crashed"]))
+    assert resumed.returncode == 0 and "checkpoint-4" in resumed.stderr, resumed.stderr[-2000:]
+    for rel in ("checkpoints/checkpoint-8/ema.safetensors", "adapter/adapter_model.safetensors"):
+        wa, wb = (load_file(str(tmp_path / d / rel)) for d in ("straight", "crashed"))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), rel
+    final, raw_weights = (load_file(str(tmp_path / "crashed" / rel)) for rel in
+                          ("adapter/adapter_model.safetensors", "checkpoints/checkpoint-8/adapter_model.safetensors"))
+    assert any(not torch.equal(final[k], raw_weights[k]) for k in final)  # what was saved is the average, not the raw weights
