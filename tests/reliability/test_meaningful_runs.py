@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from sft_hub import runs
 from sft_hub.callbacks import FiniteWeights, NonFiniteLoss
 from sft_hub.config import parse_recipe
-from sft_hub.engine import make_loss, train
+from sft_hub.engine import train
+from sft_hub.losses import make_loss
 from sft_hub.inference import evaluate, load_run
 
 
@@ -47,11 +48,11 @@ def test_early_stopping_keeps_and_reloads_the_best_model(tiny_bert, tmp_path):
 def test_label_smoothing_in_the_engine_loss():
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]])
     labels = torch.tensor([0, 2])
-    plain, smoothed = make_loss(False)({"logits": logits}, labels), make_loss(False, 0.2)({"logits": logits}, labels)
+    plain, smoothed = make_loss("single_label")({"logits": logits}, labels), make_loss("single_label", None, 0.2)({"logits": logits}, labels)
     expected = F.cross_entropy(logits, labels, label_smoothing=0.2)
     assert smoothed.item() == pytest.approx(expected.item()) and smoothed.item() > plain.item()
     soft = F.one_hot(labels, 3).float()  # soft targets (mixup) smoothed the same way as hard ones
-    assert make_loss(False, 0.2)({"logits": logits}, soft).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert make_loss("single_label", None, 0.2)({"logits": logits}, soft).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_an_update_that_makes_weights_infinite_stops_the_run(tiny_bert, tmp_path):
