@@ -4,6 +4,7 @@ label smoothing is honoured, and rotation never deletes the best or the newest c
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ def test_early_stopping_keeps_and_reloads_the_best_model(tiny_bert, tmp_path):
     out = train(parse_recipe(raw))
     state = out["trainer"].state
     assert state.global_step < 20  # stopped early
-    best = runs.Path(state.best_model_checkpoint)
+    best = Path(state.best_model_checkpoint)
     kept = [p.name for _, p, ok in runs.checkpoints(tmp_path / "run") if ok]
     assert best.name in kept and f"checkpoint-{state.global_step}" in kept  # save_total_limit 1 kept best and newest
     assert best.name != f"checkpoint-{state.global_step}"  # (so rotation really had to spare it)
