@@ -21,11 +21,13 @@ from sft_hub.runs.files import (
     MANIFEST,
     METRICS_LOG,
     RECIPE,
+    SAME_RUN_KEYS,
     check_output_dir,
     checkpoints,
     latest_complete_checkpoint,
     mark_complete,
     read_json,
+    recipe_differences,
     rotate,
     share_like_umask,
     write_json,
@@ -35,7 +37,7 @@ from sft_hub.runs.run import MANIFEST_FORMAT, Run, verify_base
 
 __all__ = [
     "BaseRef", "Run", "MANIFEST_FORMAT", "verify_base",
-    "CHECK_INPUTS", "COMPLETE", "EVAL_RESULTS", "LABELS", "MANIFEST", "METRICS_LOG", "RECIPE",
-    "check_output_dir", "checkpoints", "latest_complete_checkpoint", "mark_complete", "read_json", "rotate",
+    "CHECK_INPUTS", "COMPLETE", "EVAL_RESULTS", "LABELS", "MANIFEST", "METRICS_LOG", "RECIPE", "SAME_RUN_KEYS",
+    "check_output_dir", "checkpoints", "latest_complete_checkpoint", "mark_complete", "read_json", "recipe_differences", "rotate",
     "share_like_umask", "write_json", "write_recipe",
 ]
