@@ -13,6 +13,8 @@ config with the same initial weights), on the same number of torch threads.
 Rows: the first pass over the data (sft-hub's includes its checks and caching), each later pass, and
 training (Trainer.train, `--epochs` epochs, sft-hub's preparation counted in). Rounds alternate the two
 sides and the best round of each counts, so load from other jobs on the machine hits both alike.
+Times are CPU seconds of this process (`time.process_time`, one torch thread by default; the recipe
+uses no DataLoader workers): on a shared machine wall time mostly measures the other jobs.
 Run from the repository root:
 
     HF_HUB_OFFLINE=1 python benchmarks/audio_throughput.py [--data-dir DIR] [--rounds 2] [--epochs 2]
@@ -40,6 +42,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="alternating input-pipeline rounds; the best counts")
     p.add_argument("--epochs", type=int, default=2, help="training epochs per side (one round)")
     p.add_argument("--skip-training", action="store_true", help="measure the input pipelines only")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time stays honest when other jobs share the cores)")
+    p.add_argument("--check-clips", type=int, default=300, help="clips whose decoded samples are compared with FFmpeg's")
     return p.parse_args()
 
 
@@ -94,11 +98,24 @@ def passes(loader, count: int) -> list[float]:
     """Seconds for each of `count` passes over a DataLoader."""
     out = []
     for _ in range(count):
-        start = time.perf_counter()
+        start = time.process_time()
         for _batch in loader:
             pass
-        out.append(time.perf_counter() - start)
+        out.append(time.process_time() - start)
     return out
+
+
+def identical_decoding(paths: list[str], recipe) -> str:
+    """How many clips sft-hub's decoding (libsndfile for 16-bit PCM at the target rate) gives exactly as FFmpeg does."""
+    import numpy as np
+    from datasets import Audio
+
+    from sft_hub.tasks import audio, audio_data
+
+    rate = audio.load_processor(recipe.model).sampling_rate
+    same = sum(np.array_equal(audio_data.decode(p, rate)[0], np.asarray(Audio(sampling_rate=rate).decode_example({"path": p, "bytes": None})["array"], dtype=np.float32))
+               for p in paths)
+    return f"{same}/{len(paths)}"
 
 
 def main() -> None:
@@ -113,18 +130,19 @@ def main() -> None:
     from transformers import Trainer
 
     from sft_hub.config import load_recipe
-    from sft_hub.engine import make_loss
+    from sft_hub.losses import make_loss
     from sft_hub.tasks import audio
 
+    torch.set_num_threads(a.threads)
     recipe = load_recipe(a.recipe, [f"data.data_dir={folder}", f"training.output_dir={tempfile.mkdtemp()}"])
     args = training_args(recipe, a.epochs)
     pipe: dict[str, list[float]] = {"sft-hub": [], "baseline": []}
     later: dict[str, list[float]] = {"sft-hub": [], "baseline": []}
     prepared = {}
     for _ in range(a.rounds):
-        start = time.perf_counter()
+        start = time.process_time()
         train_ds, collate, labels = sft_hub_side(recipe)
-        setup = time.perf_counter() - start
+        setup = time.process_time() - start
         loader = Trainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=train_ds, data_collator=collate).get_train_dataloader()
         first, second = passes(loader, 2)
         pipe["sft-hub"].append(setup + first)
@@ -133,9 +151,9 @@ def main() -> None:
 
         paths = [v["path"] for v in audio.load_data(recipe.data, seed=42).splits["train"]["audio"]]
         ids = [int(Path(p).name.split("_")[0]) for p in paths]
-        start = time.perf_counter()
+        start = time.process_time()
         base_ds, fe = baseline_side(recipe, paths, ids)
-        setup = time.perf_counter() - start
+        setup = time.process_time() - start
         loader = Trainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=base_ds, processing_class=fe).get_train_dataloader()
         first, second = passes(loader, 2)
         pipe["baseline"].append(setup + first)
@@ -143,6 +161,7 @@ def main() -> None:
         prepared["baseline"] = (base_ds, fe, setup)
 
     n = len(prepared["sft-hub"][0])
+    same = identical_decoding(paths[:a.check_clips], recipe)
     rows = {"input pipeline, first pass": {k: n / min(v) for k, v in pipe.items()},
             "input pipeline, later passes": {k: n / min(v) for k, v in later.items()}}
     if not a.skip_training:
@@ -150,16 +169,16 @@ def main() -> None:
         for side in ("sft-hub", "baseline"):
             model = audio.build_model(recipe.model, [str(d) for d in range(10)]).model  # same seeded initial weights
             ds, extra, setup = prepared[side]
-            kwargs = {"data_collator": extra, "compute_loss_func": make_loss(False)} if side == "sft-hub" else {"processing_class": extra}
+            kwargs = {"data_collator": extra, "compute_loss_func": make_loss("single_label")} if side == "sft-hub" else {"processing_class": extra}
             trainer = Trainer(model=model, args=args, train_dataset=ds, **kwargs)
-            start = time.perf_counter()
+            start = time.process_time()
             trainer.train()
-            rates[side] = a.epochs * n / (time.perf_counter() - start + (setup if side == "sft-hub" else 0.0))
+            rates[side] = a.epochs * n / (time.process_time() - start + (setup if side == "sft-hub" else 0.0))
         rows[f"training, {a.epochs} epochs"] = rates
 
     print(f"FSDD train split: {n} clips from {folder}; model {recipe.model.name_or_path} from config; batch "
           f"{args.per_device_train_batch_size}, {args.dataloader_num_workers} workers, torch threads {torch.get_num_threads()}; "
-          f"best of {a.rounds} alternating pipeline rounds")
+          f"best of {a.rounds} alternating pipeline rounds; decoded samples identical to FFmpeg's for {same} clips")
     print()
     print(f"| {'measurement':<30} | {'sft-hub clips/s':>15} | {'baseline clips/s':>16} | {'ratio (sft-hub / baseline)':>26} |")
     print(f"|{'-' * 32}|{'-' * 17}|{'-' * 18}|{'-' * 28}|")

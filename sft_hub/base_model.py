@@ -101,6 +101,23 @@ def resolve_source(name_or_path: str) -> str:
     return name_or_path
 
 
+def hub_reference(name_or_path: str, revision: str | None = None) -> tuple[str | None, str | None]:
+    """(Hub id, revision) that names this base for someone else, or (None, None) for a local folder with no known id.
+
+    Embedded aliases map to the Hub id their weights come from; a folder inside the Hub cache
+    (`models--OWNER--NAME/snapshots/REV`) to its id and revision; an existing folder elsewhere has none.
+    """
+    if name_or_path in EMBEDDED:
+        return EMBEDDED[name_or_path][3], revision
+    path = Path(name_or_path).expanduser()
+    for part in [path, *path.parents]:
+        if part.parent.name == "snapshots" and part.parent.parent.name.startswith("models--"):
+            return part.parent.parent.name.removeprefix("models--").replace("--", "/"), part.name
+    if path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists():
+        return None, None
+    return name_or_path, revision
+
+
 def weight_files(source: str, revision: str | None = None) -> list[Path]:
     """The safetensors files a pretrained model's weights come from (local folder or Hub cache)."""
     path = Path(source)

@@ -7,6 +7,7 @@
   step and stop; a second SIGTERM exits at once (the checkpoint being written stays unmarked).
 - `NonFiniteGuard`: a NaN/inf loss stops the run naming the step, or with `nonfinite_loss: skip` the
   step's update is dropped and counted, up to a limit.
+- `FiniteWeights`: an update that made a trained weight inf/NaN stops the run naming the step.
 """
 
 from __future__ import annotations
@@ -31,15 +32,25 @@ class NonFiniteLoss(SftHubError):
 
 
 class CompleteCheckpoints(TrainerCallback):
-    def __init__(self, run_dir: Path, keep: int | None):
-        self.run_dir, self.keep = run_dir, keep
+    """Marks each saved checkpoint complete (carrying its run's recipe and labels), then rotates.
+
+    Rotation keeps the newest complete checkpoint and Trainer's best one (`state.best_model_checkpoint`,
+    which `load_best_model_at_end` and early stopping rely on).
+    """
+
+    def __init__(self, run_dir: Path, keep: int | None, raw_recipe: dict | None = None, labels=None):
+        self.run_dir, self.keep, self.raw_recipe, self.labels = run_dir, keep, raw_recipe, labels
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             ckpt = self.run_dir / "checkpoints" / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
+                if self.raw_recipe is not None:
+                    from sft_hub.ownership import write_checkpoint_run
+
+                    write_checkpoint_run(ckpt, self.raw_recipe, self.labels)
                 runs.mark_complete(ckpt)
-                runs.rotate(self.run_dir, self.keep)
+                runs.rotate(self.run_dir, self.keep, protect=state.best_model_checkpoint)
 
 
 class MetricsLog(TrainerCallback):
@@ -110,3 +121,23 @@ class NonFiniteGuard:
             # under DDP the other ranks would wait for its gradients, so use the default `error` there)
             return torch.zeros((), device=loss.device, requires_grad=True).clone()
         return loss
+
+
+class FiniteWeights(TrainerCallback):
+    """After every optimizer step, the trained parameters must be finite.
+
+    The loss check alone misses an update that turns weights into inf/NaN (a huge or infinite learning
+    rate, an overflowing gradient): that step's loss was finite, and the run would end "finished" with
+    a model that predicts NaN. Only trainable tensors are checked (frozen ones cannot change).
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        model = kwargs.get("model")  # the model Trainer trains (wrapped for DDP/FSDP), when it passes one
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad] if model is not None else self.params
+        for name, p in params:
+            if not torch.isfinite(p.detach()).all():
+                raise NonFiniteLoss(f"non-finite weights after step {state.global_step} (in {name}); "
+                                    f"training.learning_rate={args.learning_rate} may be too high")

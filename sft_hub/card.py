@@ -14,10 +14,11 @@ PIPELINE_TAGS = {
     "text_classification": "text-classification",
     "image_classification": "image-classification",
     "audio_classification": "audio-classification",
+    "speech_recognition": "automatic-speech-recognition",
 }
 
 
-CARD_METRICS = ("accuracy", "f1", "f1_macro", "precision_macro", "recall_macro", "matthews_correlation", "pearson", "spearmanr", "mse")
+CARD_METRICS = ("accuracy", "f1", "f1_macro", "precision_macro", "recall_macro", "matthews_correlation", "pearson", "spearmanr", "mse", "wer", "cer")
 
 
 def _dataset_id(recipe) -> str | None:
@@ -65,17 +66,30 @@ def card_data(recipe, manifest: dict, merged: bool = False) -> ModelCardData:
 def _how_to_load(recipe, manifest: dict, merged: bool) -> str:
     task_class = {"text_classification": "AutoModelForSequenceClassification",
                   "image_classification": "AutoModelForImageClassification",
-                  "audio_classification": "AutoModelForAudioClassification"}[recipe.task]
+                  "audio_classification": "AutoModelForAudioClassification",
+                  "speech_recognition": "AutoModelForCTC"}[recipe.task]
+    size = f"vocab_size={len(manifest['labels'] or [0])}, pad_token_id=0" if recipe.task == "speech_recognition" else \
+        f"num_labels={len(manifest['labels'] or [0])}"
     if manifest["saved_as"] == "adapter" and not merged and _from_scratch(manifest):
         return ("This adapter sits on a base trained from scratch that lives in the run directory (`base/`), not on the Hub: "
                 "load it with `sft-hub predict RUN_DIR ...`, or publish a standalone model with `sft-hub push RUN_DIR --merged`.")
     if manifest["saved_as"] == "adapter" and not merged:
+        base = manifest["base"]
+        name = BaseRef.from_manifest(base).hub_id or base["name_or_path"] or f"<the local base folder {base.get('local_folder')}>"
+        revision = f", revision=\"{base['revision']}\"" if base.get("revision") else ""
         return (f"```python\nfrom peft import PeftModel\nfrom transformers import {task_class}\n\n"
-                f"base = {task_class}.from_pretrained(\"{BaseRef.from_manifest(manifest['base']).hub_id or manifest['base']['name_or_path']}\", "
-                f"num_labels={len(manifest['labels'] or [0])})\n"
+                f"base = {task_class}.from_pretrained(\"{name}\"{revision}, {size})\n"
                 f"model = PeftModel.from_pretrained(base, \"<this repo or folder>\")\n```\n"
                 "or, from the run directory: `sft-hub predict RUN_DIR ...` (checks the base's fingerprint first).")
     return f"```python\nfrom transformers import {task_class}\n\nmodel = {task_class}.from_pretrained(\"<this repo or folder>\")\n```"
+
+
+def _origin(base: dict) -> str:
+    if base.get("local_folder") and not base.get("name_or_path"):  # an upload whose base has no known Hub id
+        return (f"Fine-tuned from a local model folder (`{base['local_folder']}`) with no known Hub id: loading this "
+                "needs that same base (the sha256 of its weight files is in `manifest.json`); trained")
+    revision = f" (revision `{base['revision']}`)" if base.get("revision") else ""
+    return f"Fine-tuned from `{base['name_or_path']}`{revision}"
 
 
 def render_card(recipe, manifest: dict, merged: bool = False, report_dir: Path | None = None) -> ModelCard:
@@ -83,7 +97,7 @@ def render_card(recipe, manifest: dict, merged: bool = False, report_dir: Path |
     data = card_data(recipe, manifest, merged)
     report = card_section(report_dir) if report_dir is not None else ""
     origin = (f"Trained from scratch (`{manifest['base']['name_or_path']}`, no pretrained weights)" if _from_scratch(manifest)
-              else f"Fine-tuned from `{manifest['base']['name_or_path']}`")
+              else _origin(manifest["base"]))
     fingerprint = ("The base weights were fingerprinted before and\nafter training and left unchanged (sha256 of its weight files in `manifest.json`)."
                    if manifest["base"].get("files_sha256") else "")
     metrics = "\n".join(f"| {split} | {k} | {v:.4f} |" for split, vals in manifest["metrics"].items()

@@ -1,4 +1,4 @@
-"""`sft-hub` command line: train | eval | predict | report | export | push | recipes | demo.
+"""`sft-hub` command line: train | eval | predict | report | export | push | select | compare | recipes | demo.
 
 Every command takes `--help`. Bad input ends with one line `error: ...` naming the field, file or
 column at fault (exit status 2); `--traceback` shows the full Python traceback instead.
@@ -48,11 +48,18 @@ def _format_metrics(split: str, metrics: dict) -> str:
     return f"{split}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
 
 
+def _positive(flag: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise SftHubError(f"{flag}: must be >= 1, got {value}")
+
+
 def cmd_eval(a: argparse.Namespace) -> None:
     from sft_hub.console import eval_summary
     from sft_hub.inference import evaluate, load_run
 
     start = time.perf_counter()
+    _positive("--batch-size", a.batch_size)
+
     loaded = load_run(a.run_dir, allow_base_mismatch=a.allow_base_mismatch)
     results = evaluate(loaded, a.split, a.batch_size)
     if a.json:
@@ -70,6 +77,10 @@ def cmd_predict(a: argparse.Namespace) -> None:
     from sft_hub.inference import load_adapters, load_run, predict
 
     start = time.perf_counter()
+    _positive("--top-k", a.top_k)
+    _positive("--batch-size", a.batch_size)
+    if a.file and not Path(a.file).is_file():
+        raise SftHubError(f"--file {a.file}: file not found")
     if a.adapter:  # several adapters on one base: every positional argument is an input
         views, inputs = load_adapters(a.adapter, allow_base_mismatch=a.allow_base_mismatch), a.args
     else:
@@ -84,6 +95,11 @@ def cmd_predict(a: argparse.Namespace) -> None:
         for item in predict(view, rows, a.batch_size, a.top_k):
             if a.json:
                 print(json.dumps({"run": str(view.info.run_dir), **item} if len(views) > 1 else item))
+            elif "text" in item:  # speech recognition: the transcript
+                print(f"{prefix}{item['text']}\t{item['input']}")
+            elif "labels" in item:  # multi-label: every label above its threshold ("-" for none)
+                shown = ",".join(f"{x['label']}:{x['score']:.3f}" for x in item["labels"]) or "-"
+                print(f"{prefix}{shown}\t{item['input']}")
             elif "label" in item:
                 print(f"{prefix}{item['label']}\t{item['score']:.3f}\t{item['input']}")
             else:
@@ -115,10 +131,38 @@ def cmd_export(a: argparse.Namespace) -> None:
 
 
 def cmd_push(a: argparse.Namespace) -> None:
-    from sft_hub.hub import push
+    from sft_hub.hub import check_repo_id, push
+
+    check_repo_id(a.repo_id)
 
     where = push(Path(a.run_dir), a.repo_id, private=a.private, merged=a.merged, dry_run=Path(a.dry_run) if a.dry_run else None)
     print(f"dry run: upload folder written to {where}" if a.dry_run else f"pushed to {where}")
+
+
+def cmd_select(a: argparse.Namespace) -> None:
+    from sft_hub.selection import SelectPlan, default_cheap, is_main_process, run_select
+    from sft_hub.selection_spec import parse_budget, parse_learning_rates, parse_strategies, split_list
+
+    models = split_list(a.models, "--models")
+    plan = SelectPlan(
+        recipe=a.recipe, overrides=a.overrides, models=models, strategies=parse_strategies(a.strategies),
+        cheap=parse_strategies(a.cheap or default_cheap(), "--cheap")[0][1],
+        output=Path(a.output or f"runs/select_{Path(a.recipe).stem}"), sample=a.sample, top_k=a.finetune_top,
+        budget=parse_budget(a.budget), cheap_budget=parse_budget(a.cheap_budget, "--cheap-budget"),
+        val_fraction=a.val_fraction, val_max=a.val_max, overwrite=a.overwrite, learning_rates=parse_learning_rates(a.lr))
+    board = run_select(plan)
+    if is_main_process():
+        from sft_hub.leaderboard import markdown
+
+        print(json.dumps(board, indent=2) if a.json else markdown(board))
+        print(f"leaderboard written to {plan.output}/leaderboard.{{json,md,png}}", file=sys.stderr)
+
+
+def cmd_compare(a: argparse.Namespace) -> None:
+    from sft_hub.compare import compare, markdown
+
+    rows = compare(a.run_dirs)
+    print(json.dumps(rows, indent=2) if a.json else markdown(rows))
 
 
 def cmd_recipes(a: argparse.Namespace) -> None:
@@ -155,8 +199,16 @@ def cmd_demo(a: argparse.Namespace) -> None:
     run_demo(recipes_dir() / DEMO_RECIPE, a.output_dir, a.overrides)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes end like every other mistake: one line `error: ...`, exit status 2."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sft-hub", description="Supervised fine-tuning recipes on one Trainer engine.")
+    p = _Parser(prog="sft-hub", description="Supervised fine-tuning recipes on one Trainer engine.")
     p.add_argument("--traceback", action="store_true", help="show full Python tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -172,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run directory on its eval splits (or --split)")
     e.add_argument("run_dir")
     e.add_argument("--split", help="split to evaluate (default: the recipe's eval splits)")
-    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--batch-size", type=int, default=None, help="default: 64 for text (length-sorted batches), 32 for images and audio")
     e.add_argument("--json", action="store_true", help="print metrics as JSON")
     e.add_argument("--allow-base-mismatch", action="store_true", help="load even if the base's fingerprint differs")
     e.set_defaults(func=cmd_eval)
@@ -183,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--adapter", action="append", metavar="RUN_DIR", help="adapter run to apply (repeat: base loaded once)")
     r.add_argument("--file", help="inputs from a file: text runs read CSV/TSV/JSON/JSONL (columns as in the recipe); image and audio runs read a text file with one image/audio path per line")
     r.add_argument("--top-k", type=int, default=1)
-    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--batch-size", type=int, default=None, help="default: 64 for text (length-sorted batches), 32 for images and audio")
     r.add_argument("--json", action="store_true", help="one JSON object per line")
     r.add_argument("--allow-base-mismatch", action="store_true", help="load even if the base's fingerprint differs")
     r.set_defaults(func=cmd_predict)
@@ -211,6 +263,30 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--dry-run", metavar="DIR", help="write exactly the folder that would be uploaded, upload nothing")
     u.set_defaults(func=cmd_push)
 
+    s = sub.add_parser("select", help="rank backbones x strategies for a recipe: cheap stage on a sample, then short fine-tunes of the top K")
+    s.add_argument("recipe", help="recipe YAML file (its model is replaced by each of --models)")
+    s.add_argument("overrides", nargs="*", help="dotted overrides applied to every candidate")
+    s.add_argument("--models", required=True, help="comma-separated bases: Hub ids, local folders, embedded/..., timm architectures")
+    s.add_argument("--strategies", default="head,lora,full",
+                   help="comma-separated strategy specs: name, name:ARG (first option), name:key=value, name.key=value")
+    s.add_argument("--cheap", help="strategy of the cheap stage (default: linear_probe when registered, else head)")
+    s.add_argument("--sample", type=int, default=2000, help="training rows for the cheap stage (default 2000)")
+    s.add_argument("--cheap-budget", default="1epoch", help="training budget of a cheap candidate (default 1epoch; a probe ignores it)")
+    s.add_argument("--finetune-top", type=int, default=2, metavar="K", help="fine-tune the K best backbones of the cheap stage (default 2)")
+    s.add_argument("--budget", default="200steps", help="budget of each fine-tune: 200steps, 2epochs, 5min, 90s (default 200steps)")
+    s.add_argument("--lr", help="learning rate per strategy name or label, e.g. full=5e-5,head=5e-3 (default: the recipe's for all)")
+    s.add_argument("--val-fraction", type=float, help="fraction of train carved off to rank on (default: the recipe's, else 0.1)")
+    s.add_argument("--val-max", type=int, help="cap the carved ranking split at this many rows")
+    s.add_argument("--output", help="folder for candidate runs and the leaderboard (default runs/select_<recipe>)")
+    s.add_argument("--overwrite", action="store_true", help="retrain candidates whose run dirs already exist")
+    s.add_argument("--json", action="store_true", help="print the leaderboard JSON instead of the Markdown table")
+    s.set_defaults(func=cmd_select)
+
+    m = sub.add_parser("compare", help="compare finished runs: strategy, parameters, saved bytes, time, memory, metric")
+    m.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    m.add_argument("--json", action="store_true", help="print the rows as JSON")
+    m.set_defaults(func=cmd_compare)
+
     c = sub.add_parser("recipes", help="list the bundled recipes with a one-line description each (or --strategies)")
     c.add_argument("--strategies", action="store_true", help="list the registered strategies with their options and defaults")
     c.set_defaults(func=cmd_recipes)
@@ -229,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command not in ("recipes",):  # reloading a run is routine: only warnings that matter to the user
         from sft_hub.console import setup
 
-        setup(quiet_libraries=args.command in ("eval", "predict", "export", "push", "report"))
+        setup(quiet_libraries=args.command in ("eval", "predict", "export", "push", "report", "compare"))
     try:
         args.func(args)
     except SftHubError as exc:

@@ -22,7 +22,7 @@ from sft_hub.strategies import parse_strategy
 from sft_hub.tasks import get_task
 from sft_hub.training_args import validate_training
 
-TOP_LEVEL_KEYS = ("task", "description", "model", "data", "strategy", "training", "engine", "metrics")
+TOP_LEVEL_KEYS = ("task", "description", "model", "data", "strategy", "training", "engine")
 
 
 @dataclass
@@ -31,7 +31,16 @@ class EngineConfig:
 
     nonfinite_loss: typing.Literal["error", "skip"] = "error"  # a NaN/inf loss stops the run, or is skipped
     max_nonfinite_skips: int = 10
+    early_stopping_patience: int | None = None  # stop after this many evaluations without improvement (EarlyStoppingCallback)
+    early_stopping_threshold: float = 0.0  # how much `metric_for_best_model` must improve to count
     report: bool = True  # write <run>/report (curves, confusion matrix, per-class table, worst mistakes) at the end
+    ema: Any = None  # EMA of weights: {decay: 0.999, warmup: false} (sft_hub/ema.py EmaConfig); evaluated and saved instead
+
+    def validate(self, where: str) -> None:
+        if self.ema is not None:
+            from sft_hub.ema import EmaConfig
+
+            self.ema = from_dict(EmaConfig, self.ema, f"{where}.ema")
 
 
 @dataclass
@@ -43,7 +52,6 @@ class Recipe:
     training: dict[str, Any]
     description: str = ""
     engine: EngineConfig = field(default_factory=EngineConfig)
-    metrics: list[str] = field(default_factory=list)  # extra Hub `evaluate` metrics (online users)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # resolved YAML, written to the run dir
 
     @property
@@ -83,7 +91,9 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"recipe {path}: file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"recipe {path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -102,6 +112,8 @@ def parse_recipe(raw: dict, validate: bool = True) -> Recipe:
     `validate=False` (re-reading a run's recipe) keeps the type checks but skips the sections' own
     `validate` hooks: a run dir predicts and exports without its training data present.
     """
+    if "metrics" in raw:  # older recipes: the list was never used; metrics are the task's own (see README)
+        raise ConfigError("metrics: not supported; each task computes its own metrics offline (see the README), remove this key")
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
             raise unknown_key("", key, TOP_LEVEL_KEYS)
@@ -125,7 +137,6 @@ def parse_recipe(raw: dict, validate: bool = True) -> Recipe:
         training=validate_training(raw["training"]),
         description=check_type(raw.get("description", ""), str, "description"),
         engine=from_dict(EngineConfig, raw.get("engine"), "engine"),
-        metrics=check_type(raw.get("metrics") or [], list[str], "metrics"),
         raw=raw,
     )
 

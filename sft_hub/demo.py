@@ -23,9 +23,10 @@ SENTENCES = [
 
 def run_demo(recipe_path: Path, output_dir: str, overrides: list[str]) -> None:
     recipe = load_recipe(recipe_path, [f"training.output_dir={output_dir}", *overrides])
+    overwrite = _own_demo_run(Path(output_dir), recipe)
     print(f"[1/4] training {recipe.description or recipe_path.name}")
     start = time.perf_counter()
-    out = train(recipe, overwrite=True)
+    out = train(recipe, overwrite=overwrite)
     for line in train_summary(out, time.perf_counter() - start):
         print(f"      {line.strip()}")
 
@@ -42,3 +43,23 @@ def run_demo(recipe_path: Path, output_dir: str, overrides: list[str]) -> None:
     print(f"[4/4] predictions (two independent reloads agree: {same})")
     for item in predict(loaded, rows):
         print(f"      {item['label']:<9} {item['score']:.3f}  {item['input']}")
+
+
+def _own_demo_run(folder: Path, recipe) -> bool:
+    """The demo replaces only an earlier demo run (same description and data); any other folder is refused."""
+    import yaml
+
+    from sft_hub import runs
+    from sft_hub.errors import RunError
+    from sft_hub.lock import LOCK
+
+    if not folder.exists() or not any(p.name != LOCK for p in folder.iterdir()):
+        return False
+    try:
+        previous = yaml.safe_load((folder / runs.RECIPE).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        previous = {}
+    if previous.get("description") != recipe.description or previous.get("data") != recipe.raw.get("data"):
+        raise RunError(f"demo --output-dir {folder}: the folder is not empty and holds no sft-hub demo run; "
+                       "refusing to empty it: choose another --output-dir")
+    return True

@@ -8,23 +8,31 @@ every model, including heads that declare `**kwargs` but ignore `num_items_in_ba
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from transformers import set_seed
+from transformers import EarlyStoppingCallback, set_seed
 
-from sft_hub import console, runs
+from sft_hub import console, controls, runs
 from sft_hub.base_model import SAVED_BASE, files_sha256, tensors_sha256
-from sft_hub.callbacks import CompleteCheckpoints, EpochSeeds, GracefulStop, MetricsLog, NonFiniteGuard
+from sft_hub.callbacks import CompleteCheckpoints, EpochSeeds, FiniteWeights, GracefulStop, MetricsLog, NonFiniteGuard
 from sft_hub.card import write_model_card
+from sft_hub.checks import check_data, check_model, check_model_source, check_recipe
 from sft_hub.config import Recipe
-from sft_hub.errors import RunError
+from sft_hub.ema import WeightEma
+from sft_hub.errors import ConfigError, RunError
+from sft_hub.lock import RunLock
+from sft_hub.losses import make_loss
 from sft_hub.manifest import build_manifest
+from sft_hub.ownership import check_resume_checkpoint, clear_run_dir
 from sft_hub.report import build as report
 from sft_hub.report.tensorboard import route as route_tensorboard
+from sft_hub.resources import PeakMemory
 from sft_hub.runs import Run
 from sft_hub.sampling import EngineTrainer
 from sft_hub.strategies import FitInputs, count_parameters, frozen_params, saves_whole_model, trainable_state
@@ -36,54 +44,83 @@ CHECK_ROWS = 8  # eval inputs stored in the run for export's check (a run dir th
 log = logging.getLogger("sft_hub")
 
 
-def make_loss(regression: bool):
-    """Sum of per-example losses over the number of labelled examples in the accumulated batch."""
-
-    def loss_fn(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        count = num_items_in_batch if num_items_in_batch is not None else labels.numel()
-        if regression:
-            total = F.mse_loss(logits.float().view(-1), labels.float().view(-1), reduction="sum")
-        elif labels.is_floating_point() and labels.shape == logits.shape:  # soft targets (mixup / cutmix)
-            total = -(labels.float() * F.log_softmax(logits.float(), dim=-1)).sum()
-            count = count / labels.size(-1)  # the Trainer counts every element of a [batch, classes] label
-        else:
-            total = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1), reduction="sum")
-        return total / count
-
-    return loss_fn
+def strategy_callbacks(strategy: Any, model: torch.nn.Module, checkpoint: Path | None) -> list:
+    """A strategy's Trainer callbacks (optional `callbacks(model, resume_from)`: gradual unfreezing, AdaLoRA's budget)."""
+    make = getattr(strategy, "callbacks", None)
+    return list(make(model, checkpoint)) if make is not None else []
 
 
-def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) -> dict[str, Any]:
-    """Train a recipe into its run directory; returns {"run_dir", "metrics", "manifest", "trainer", "stopped"}."""
+def _processor(task: Any, recipe: Recipe, data: Any) -> Any:
+    """The task's processor; a task whose vocabulary comes from the data (speech recognition) builds it from the labels."""
+    if hasattr(task, "build_processor"):
+        return task.build_processor(recipe.model, recipe.data, data.labels)
+    return task.load_processor(recipe.model)
+
+
+def _loss(task: Any, recipe: Recipe, data: Any, weights: list[float] | None):
+    """The engine's loss (losses.py: classification, multi-label, regression; class weights, label smoothing),
+    or the task's own (speech recognition: CTC, see tasks/ctc.py)."""
+    if hasattr(task, "make_loss"):
+        return task.make_loss(recipe.model, recipe.data)
+    return make_loss(controls.loss_kind(data), weights, float(recipe.training.get("label_smoothing_factor") or 0.0))
+
+
+def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True, callbacks: list | None = None) -> dict[str, Any]:
+    """Train a recipe into its run directory; returns {"run_dir", "metrics", "manifest", "trainer", "stopped"}.
+
+    Order matters for trust: everything that can make the run meaningless is checked before any model
+    loads; the run dir is locked (rank 0, for the whole job) before it is inspected; and nothing is
+    written into it (nor an overwritten run deleted) until data, processor, model and strategy are built.
+    `callbacks`: extra TrainerCallbacks (e.g. `sft-hub select`'s time budget).
+    """
     task = get_task(recipe.task)
-    strategy = recipe.strategy
-    run = Run.create(recipe)
-    run_dir = run.run_dir
+    check_recipe(recipe)
     training = dict(recipe.training)
     keep = training.pop("save_total_limit", None)  # rotation is ours: it never deletes the last complete checkpoint
     seed = int(training.get("seed", 42))
     data = task.load_data(recipe.data, seed)  # bad data fails here, before any model is loaded
-    args = build_training_args(training, run_dir, remove_unused_columns=False)
-    checkpoint = _prepare_run_dir(run, recipe, data, args, overwrite, resume)
+    check_data(recipe, data)
+    check_model_source(recipe)
+    args = build_training_args(training, recipe.output_dir, remove_unused_columns=False)
+    with RunLock(recipe.output_dir, "train") if args.should_save else contextlib.nullcontext():
+        return _train(recipe, task, data, args, keep, seed, overwrite, resume, callbacks)
 
-    processor = task.load_processor(recipe.model)
+
+def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwrite: bool, resume: bool | str,
+           callbacks: list | None = None) -> dict[str, Any]:
+    strategy = recipe.strategy
+    run = Run.create(recipe)
+    run_dir = run.run_dir
+    mode = _check_run_dir(run, recipe, data, args, overwrite, resume)
+
+    processor = _processor(task, recipe, data)
     with args.main_process_first(desc="preprocessing"), console.data_bars():
         # a strategy fitted without a training loop (linear_probe) sees the training rows as eval does: no augmentation
         encoded = task.encode(data.splits, processor, recipe.data, recipe.model, data.train_split if strategy.needs_training_loop else None)
     set_seed(seed)  # the new head's initialisation is part of the run: same seed, same head
     built = task.build_model(recipe.model, data.labels)
+    check_model(recipe, built.model)
+    if data.multi_label:  # sigmoid outputs: what pipelines and the Hub read from config.json
+        built.model.config.problem_type = "multi_label_classification"
     base_ref, base_files = built.base, files_sha256(built.weight_files) if args.should_save else {}
-    if not built.weight_files and not saves_whole_model(strategy) and args.should_save:
-        built.model.save_pretrained(run_dir / SAVED_BASE, safe_serialization=True)  # keep a file-less base with its adapter
-        run.share(SAVED_BASE)
-        base_ref, base_files = built.base.saved_in_run(), files_sha256((run_dir / SAVED_BASE).glob("*.safetensors"))
+    with tempfile.TemporaryDirectory(prefix="sft-hub-base-") as tmp:
+        keep_base = not built.weight_files and not saves_whole_model(strategy) and args.should_save
+        if keep_base:  # a file-less base goes with its adapter; saved before the strategy wraps it (peft edits in place)
+            built.model.save_pretrained(Path(tmp) / SAVED_BASE, safe_serialization=True)
+            base_ref, base_files = built.base.saved_in_run(), files_sha256((Path(tmp) / SAVED_BASE).glob("*.safetensors"))
+        model = strategy.apply(built.model, built.info)
+        checkpoint = _start_run_dir(run, recipe, data, args, mode, resume)  # the first write into the run dir
+        if keep_base:
+            shutil.move(str(Path(tmp) / SAVED_BASE), run_dir / SAVED_BASE)
+            run.share(SAVED_BASE)
 
-    model = strategy.apply(built.model, built.info)
     frozen = frozen_params(model)
     frozen_before = tensors_sha256(frozen) if frozen and not saves_whole_model(strategy) else None
     eval_sets = {name: encoded[name] for name in data.eval_splits}
-    guard = NonFiniteGuard(make_loss(data.is_regression), recipe.engine.nonfinite_loss, recipe.engine.max_nonfinite_skips)
+    weights = controls.class_weights(recipe.data, data)
+    guard = NonFiniteGuard(_loss(task, recipe, data, weights), recipe.engine.nonfinite_loss, recipe.engine.max_nonfinite_skips)
+    ema = WeightEma(recipe.engine.ema, checkpoint) if recipe.engine.ema is not None else None
+    compute_metrics = task.metrics(recipe.data, data.labels)
     stop = GracefulStop()
     collator = task.collator(processor, recipe.data)
     seeded = [t for t in (collator, encoded[data.train_split].format["format_kwargs"].get("transform")) if hasattr(t, "set_epoch")]
@@ -93,21 +130,36 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         train_dataset=encoded[data.train_split],
         eval_dataset=(eval_sets if len(eval_sets) > 1 else next(iter(eval_sets.values()), None)),
         data_collator=collator,
-        compute_metrics=task.metrics(recipe.data, data.labels),
+        compute_metrics=compute_metrics,
         compute_loss_func=guard,
         param_groups=strategy.param_groups,
+        preprocess_logits_for_metrics=getattr(task, "preprocess_logits_for_metrics", None),
         processing_class=processor if hasattr(processor, "model_input_names") else None,
-        callbacks=[CompleteCheckpoints(run_dir, keep), MetricsLog(run_dir / runs.METRICS_LOG), stop, EpochSeeds(seeded, seed)],
+        # the EMA's and the strategy's callbacks run first: what they add to a checkpoint is written before it is marked complete
+        callbacks=[*([ema] if ema else []), *strategy_callbacks(strategy, model, checkpoint),
+                   CompleteCheckpoints(run_dir, keep, recipe.raw, data.labels), MetricsLog(run_dir / runs.METRICS_LOG), stop,
+                   EpochSeeds(seeded, seed), FiniteWeights(model), *(callbacks or [])],
     )
+    if recipe.engine.early_stopping_patience:
+        trainer.add_callback(EarlyStoppingCallback(recipe.engine.early_stopping_patience, recipe.engine.early_stopping_threshold))
     guard.state = trainer.state
+    if ema:
+        ema.attach(trainer)
     console.attach(trainer)
     route_tensorboard(trainer, run_dir)
     if checkpoint:
         log.warning("resuming from %s", checkpoint)
-    if strategy.needs_training_loop:
-        train_metrics = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None).metrics
-    else:  # fitted outside the Trainer (linear_probe): no optimizer, no steps, no checkpoints; eval and saving as usual
-        train_metrics = strategy.fit(model, FitInputs(task, recipe, data, encoded, processor, collator, built.info, args))
+    peak = PeakMemory().start()
+    try:
+        if strategy.needs_training_loop:
+            train_metrics = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None).metrics
+        else:  # fitted outside the Trainer (linear_probe): no optimizer, no steps, no checkpoints; eval and saving as usual
+            train_metrics = strategy.fit(model, FitInputs(task, recipe, data, encoded, processor, collator, built.info, args))
+    except KeyError as exc:  # Trainer finds a misspelt metric_for_best_model only at the first evaluation
+        if "metric_for_best_model" not in str(exc):
+            raise
+        raise ConfigError(f"training.metric_for_best_model: {str(exc.args[0]).split(' Please', 1)[0]}") from None
+    resources = peak.result()  # training only: evaluation and saving come after
     if stop.requested:
         log.warning("stopped by SIGTERM at step %d with a complete checkpoint; run the same command to resume", trainer.state.global_step)
         return {"run_dir": run_dir, "metrics": {}, "manifest": None, "trainer": trainer, "stopped": True}
@@ -118,6 +170,10 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         if files_sha256(built.weight_files) != base_files:
             raise RunError(f"base weight files {', '.join(map(str, built.weight_files))} changed on disk during training")
 
+    trainer.remove_callback(EarlyStoppingCallback)  # the final evaluations below use their own metric names
+    if ema:
+        ema.use_average()  # from here on the model holds the average: evaluated, fingerprinted and saved
+    thresholds = controls.choose_thresholds(trainer, recipe.data, data, eval_sets, compute_metrics)
     metrics = {name: trainer.evaluate(eval_dataset=ds, metric_key_prefix=f"eval_{name}") for name, ds in eval_sets.items()}
     trained_sha = tensors_sha256(trainable_state(trainer.accelerator.unwrap_model(trainer.model)).items())
     (log.warning if args.world_size > 1 else log.info)("rank %d: trained weights sha256 %s", args.process_index, trained_sha)
@@ -135,6 +191,10 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         manifest = build_manifest(recipe, built, base_ref, base_files, data, frozen_before, trained_sha, count_parameters(model),
                                   metrics, train_metrics, args, task)
         manifest["nonfinite_skipped"] = guard.skipped
+        manifest["resources"] = resources
+        manifest.update(controls.manifest_fields(recipe, data, weights, thresholds))
+        if thresholds is not None:
+            run.write_json(controls.THRESHOLDS, thresholds)
         run.write_json(runs.EVAL_RESULTS, metrics)
         report.write_after_training(run_dir, recipe.task, manifest, predictions, recipe.engine.report)
         write_model_card(run_dir, recipe, manifest)
@@ -151,19 +211,28 @@ def _check_inputs(encoded: Any, collator: Any, data: Any) -> dict[str, torch.Ten
     return batch
 
 
-def _prepare_run_dir(run: Run, recipe: Recipe, data, args, overwrite: bool, resume: bool | str) -> Path | None:
-    """Rank 0 checks the output dir and picks the checkpoint to resume; every rank gets the same answer."""
-    run_dir = run.run_dir
+def _check_run_dir(run: Run, recipe: Recipe, data, args, overwrite: bool, resume: bool | str) -> str:
+    """Rank 0 decides what the run dir holds ("new" | "overwrite" | "resume") and checks --resume; writes nothing."""
+    if not args.should_save:
+        return "new"
+    mode = run.prepare(recipe.raw, overwrite)
+    if mode == "resume" and (run.run_dir / runs.LABELS).is_file():
+        before = run.read_json(runs.LABELS)
+        if before != data.labels:
+            count = lambda labels: "regression" if labels is None else f"{len(labels)} labels"  # noqa: E731
+            raise RunError(f"data: {count(data.labels)} now, but the checkpoints in {run.run_dir} were trained with "
+                           f"{count(before)} ({before}); pass --overwrite to start again")
+    if isinstance(resume, str):
+        check_resume_checkpoint(Path(resume), recipe.raw, data.labels)
+    return mode
+
+
+def _start_run_dir(run: Run, recipe: Recipe, data, args, mode: str, resume: bool | str) -> Path | None:
+    """Rank 0 clears an overwritten run, writes recipe and labels, picks the checkpoint; every rank gets it."""
     decision: list[Any] = [None]
     if args.should_save:
-        mode = run.prepare(recipe.raw, overwrite)
-        labels_file = run_dir / runs.LABELS
-        if mode == "resume" and labels_file.is_file():
-            before = run.read_json(runs.LABELS)
-            if before != data.labels:
-                count = lambda labels: "regression" if labels is None else f"{len(labels)} labels"  # noqa: E731
-                raise RunError(f"data: {count(data.labels)} now, but the checkpoints in {run_dir} were trained with "
-                               f"{count(before)} ({before}); pass --overwrite to start again")
+        if mode == "overwrite":
+            clear_run_dir(run.run_dir)
         run.write_recipe(recipe.raw)
         run.write_json(runs.LABELS, data.labels)
         decision = [_resume_from(run, resume) if mode == "resume" or isinstance(resume, str) else None]

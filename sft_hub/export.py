@@ -9,6 +9,7 @@ manifest; never a token, never a pickle.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
@@ -16,12 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from peft import PeftModel
+from peft.utils import ModulesToSaveWrapper
 
-from sft_hub import runs
+from sft_hub import public, runs
 from sft_hub.card import write_model_card
 from sft_hub.errors import RunError, SftHubError
 from sft_hub.inference import LoadedRun, batch_logits, encode_batch, load_run
+from sft_hub.lock import RunLock
 from sft_hub.report.card import copy_for_upload
 from sft_hub.runs import Run
 
@@ -47,15 +51,37 @@ def check_inputs(loaded: LoadedRun) -> tuple[dict[str, torch.Tensor] | None, str
 
 
 def merged_model(loaded: LoadedRun) -> torch.nn.Module:
-    model = loaded.model
-    if isinstance(model, PeftModel):
-        model = model.merge_and_unload()
-    return model
+    return merge(loaded.model)
 
 
-def export_merged(run_dir: str | Path, out: str | Path, allow_base_mismatch: bool = False, check: bool = True) -> dict:
-    """Write a standalone merged model to `out`; returns {"out", "max_abs_diff", "note"} (diff of logits vs the run)."""
+def merge(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with a peft adapter folded in (any other model as it is)."""
+    if not isinstance(model, PeftModel):
+        return model
+    # The head (peft `modules_to_save`) first: outside LoRA, peft 0.21 unwraps it by copying `.weight`, which a
+    # head made of several layers (AST's layernorm + dense) lacks.
+    for name, module in list(model.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.modules_to_save[module.active_adapters[0]])
+    return model.merge_and_unload()
+
+
+def export_merged(run_dir: str | Path, out: str | Path, allow_base_mismatch: bool = False, check: bool = True,
+                  lock: bool = True) -> dict:
+    """Write a standalone merged model to `out`; returns {"out", "max_abs_diff", "note"} (diff of logits vs the run).
+
+    Holds the run dir's lock (`lock.RunLock`) while it reads the run and writes `out` (which may lie inside
+    the run dir): no train --overwrite can replace the run underneath it, and no two exports write one run.
+    """
+    with RunLock(run_dir, "export --merge") if lock and Path(run_dir).is_dir() else contextlib.nullcontext():
+        return _export_merged(run_dir, out, allow_base_mismatch, check)
+
+
+def _export_merged(run_dir: str | Path, out: str | Path, allow_base_mismatch: bool, check: bool) -> dict:
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out}: is a file; give a new folder")
     if out.exists() and any(out.iterdir()):
         raise RunError(f"--out {out}: folder is not empty; choose a new folder")
     loaded = load_run(run_dir, allow_base_mismatch=allow_base_mismatch)
@@ -91,7 +117,7 @@ def assemble_upload(run_dir: str | Path, folder: str | Path, merged: bool = Fals
         raise RunError(f"{folder}: folder is not empty; choose a new folder")
     saved_as = run.strategy.saved_as
     if merged or saved_as not in LOADS_ON_ITS_OWN:
-        export_merged(run_dir, folder)
+        export_merged(run_dir, folder, lock=False)  # writes the upload folder, not the run dir
     else:
         folder.mkdir(parents=True, exist_ok=True)
         for f in (run_dir / saved_as).iterdir():
@@ -100,11 +126,23 @@ def assemble_upload(run_dir: str | Path, folder: str | Path, merged: bool = Fals
         for f in (run_dir / "processor").iterdir():
             if f.is_file():
                 shutil.copy2(f, folder / f.name)
-    for name in (runs.MANIFEST, runs.RECIPE, runs.EVAL_RESULTS):
-        shutil.copy2(run_dir / name, folder / name)
     copy_for_upload(run_dir, folder)  # the report figures and table the card embeds
-    write_model_card(folder, run.recipe, run.manifest, merged=merged or saved_as != "adapter")
+    _write_public_files(run_dir, folder, run, merged=merged or saved_as != "adapter")
     pickles = [f.name for f in folder.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
     if pickles:
         raise RunError(f"refusing to upload pickle files: {', '.join(pickles)}")
     return folder
+
+
+def _write_public_files(run_dir: Path, folder: Path, info, merged: bool) -> None:
+    """manifest, recipe, results and card as others see them: base by Hub id, no local paths (see public.py)."""
+    ref = public.base_ref(info.manifest)
+    public.warn_if_unnamed(ref, run_dir)
+    manifest = public.public_manifest(info.manifest, ref)
+    raw = public.public_recipe(info.recipe.raw, ref)
+    public.fix_adapter_config(folder, ref)
+    runs.write_json(folder / "manifest.json", manifest)
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    shutil.copy2(run_dir / "eval_results.json", folder / "eval_results.json")
+    write_model_card(folder, dataclasses.replace(info.recipe, raw=raw), manifest, merged=merged)
+    public.check_no_local_paths(folder, run_dir, info.manifest)

@@ -1,7 +1,8 @@
 """Running a run's model: load it (`Run.open(dir).load_model()`, the base's fingerprint checked), predict, evaluate.
 
 Used by `sft-hub eval`, `predict` and `export`; reads the run directory only. Only `evaluate` reads the
-data section (it needs the data); predicting needs nothing but the run dir and its base.
+data section (it needs the data); predicting needs nothing but the run dir and its base. Multi-label runs
+score sigmoid outputs against the thresholds saved with the run (`thresholds.json`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import EvalPrediction
 
-from sft_hub import console
+from sft_hub import fast_predict
+from sft_hub.controls import load_thresholds
 from sft_hub.errors import DataError, RunError
 from sft_hub.runs import Run, verify_base  # noqa: F401  (verify_base re-exported)
+from sft_hub.strategies.peft import check_adapter_folder
 
 log = logging.getLogger("sft_hub")
 
@@ -35,6 +36,13 @@ class LoadedRun:
     @property
     def labels(self) -> list[str] | None:
         return self.info.labels
+
+    @property
+    def multi_label(self) -> bool:
+        return self.info.manifest.get("problem_type") == "multi_label_classification"
+
+    def thresholds(self) -> np.ndarray:
+        return load_thresholds(self.info.run_dir, self.labels)
 
 
 def load_run(run_dir: str | Path, allow_base_mismatch: bool = False) -> LoadedRun:
@@ -56,33 +64,33 @@ def batch_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> np.n
         return model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
 
 
-def _batches(loaded: LoadedRun, rows: Dataset, batch_size: int, desc: str):
-    recipe = loaded.info.recipe
-    with console.data_bars(len(rows) >= 5 * batch_size):  # a bar for a real split, none for a few inputs
-        encoded = loaded.task.encode(DatasetDict({"rows": rows}), loaded.processor, recipe.data, recipe.model, None)["rows"]
-    collate = loaded.task.collator(loaded.processor, recipe.data)
-    loader = DataLoader(encoded, batch_size=batch_size, collate_fn=collate)
-    device = next(loaded.model.parameters()).device
-    for batch in tqdm(loader, desc=desc, leave=False, disable=len(encoded) < 5 * batch_size):
-        labels = batch.pop("labels", None)
-        with torch.no_grad():
-            logits = loaded.model(**{k: v.to(device) for k, v in batch.items()}).logits
-        yield logits.float().cpu(), labels
+def logits(loaded: LoadedRun, rows: Dataset, batch_size: int | None = None, merge: bool = True) -> np.ndarray:
+    """Logits in input order; sorted batches, a lone adapter merged in memory (see fast_predict)."""
+    return fast_predict.logits(loaded, rows, batch_size, merge)
 
 
-def logits(loaded: LoadedRun, rows: Dataset, batch_size: int = 32) -> np.ndarray:
-    if hasattr(loaded, "activate"):
-        loaded.activate()
-    parts = [lg for lg, _ in _batches(loaded, rows, batch_size, "predicting")]
-    return torch.cat(parts).numpy() if parts else np.zeros((0, max(1, len(loaded.labels or [0]))))
+def _label_ids(values: list) -> np.ndarray:
+    """Class ids / floats as they are; label sequences (speech: character ids) padded with -100, as the collator pads."""
+    if values and isinstance(values[0], (list, tuple, np.ndarray)):
+        width = max(len(v) for v in values)
+        return np.array([list(v) + [-100] * (width - len(v)) for v in values], dtype=np.int64)
+    return np.asarray(values)
 
 
-def predict(loaded: LoadedRun, rows: Dataset, batch_size: int = 32, top_k: int = 1) -> list[dict[str, Any]]:
+def predict(loaded: LoadedRun, rows: Dataset, batch_size: int | None = None, top_k: int = 1) -> list[dict[str, Any]]:
     out = logits(loaded, rows, batch_size)
+    if hasattr(loaded.task, "format_predictions"):  # outputs that are not class scores (speech: transcripts)
+        return loaded.task.format_predictions(loaded, rows, out, top_k)
+    thresholds = loaded.thresholds() if loaded.multi_label else None
     results = []
     for i, row in enumerate(rows):
         item = {"input": loaded.task.describe_input(row)}
-        if loaded.labels is None:
+        if thresholds is not None:  # every label at or above its threshold, most probable first
+            probs = torch.sigmoid(torch.from_numpy(out[i]).double())
+            above = [j for j in torch.argsort(probs, descending=True).tolist() if probs[j] >= thresholds[j]]
+            item["labels"] = [{"label": loaded.labels[j], "score": float(probs[j])} for j in above]
+            item["scores"] = {name: float(p) for name, p in zip(loaded.labels, probs)}
+        elif loaded.labels is None:
             item["score"] = float(out[i].reshape(-1)[0])
         else:
             probs = torch.softmax(torch.from_numpy(out[i]), -1)
@@ -95,7 +103,7 @@ def predict(loaded: LoadedRun, rows: Dataset, batch_size: int = 32, top_k: int =
     return results
 
 
-def evaluate(loaded: LoadedRun, split: str | None = None, batch_size: int = 32) -> dict[str, dict[str, float]]:
+def evaluate(loaded: LoadedRun, split: str | None = None, batch_size: int | None = None) -> dict[str, dict[str, float]]:
     recipe = loaded.info.recipe
     data_cfg = loaded.info.data_config()
     data = loaded.task.load_data(data_cfg, int(recipe.training.get("seed", 42)))
@@ -103,13 +111,15 @@ def evaluate(loaded: LoadedRun, split: str | None = None, batch_size: int = 32) 
         raise DataError(f"data: labels now {data.labels}, but the run was trained with {loaded.labels}")
     splits = [split] if split else data.eval_splits
     compute = loaded.task.metrics(data_cfg, data.labels)
+    if loaded.multi_label:
+        compute.thresholds = loaded.thresholds()
     results = {}
     for name in splits:
         if name not in data.splits:
             raise DataError(f"--split {name}: not found; splits are {', '.join(data.splits)}")
         rows = data.splits[name]
         preds = logits(loaded, rows, batch_size)
-        results[name] = compute(EvalPrediction(predictions=preds, label_ids=np.asarray(rows["labels"])))
+        results[name] = compute(EvalPrediction(predictions=preds, label_ids=_label_ids(rows["labels"])))
     return results
 
 
@@ -133,6 +143,7 @@ def load_adapters(run_dirs: list[str | Path], allow_base_mismatch: bool = False)
         if len(info.labels or [0]) != len(first.labels or [0]):
             raise RunError(f"--adapter {info.run_dir}: {len(info.labels or [0])} outputs, but {first.run_dir} has "
                            f"{len(first.labels or [0])}; adapters sharing one base need heads of one size")
+        check_adapter_folder(info.run_dir / "adapter")
     task, processor = first.task, first.load_processor()
     base = first.build_base(allow_base_mismatch)
     names = [f"{i}_{info.run_dir.name}" for i, info in enumerate(infos)]

@@ -1,7 +1,9 @@
 """Metrics computed offline with scikit-learn / scipy, as GLUE and the `evaluate` metric modules define them.
 
 `classification_metrics` gives accuracy and macro precision/recall/F1 (plus binary F1, MCC when asked);
-`regression_metrics` gives Pearson, Spearman and MSE. `make_compute_metrics` builds the Trainer's
+`regression_metrics` gives Pearson, Spearman and MSE; `multilabel_metrics` gives micro/macro F1 at given
+per-label thresholds and mAP (threshold-free), and `choose_thresholds` picks those thresholds on a
+validation split (`MultiLabelMetrics` carries them). `make_compute_metrics` builds the Trainer's
 `compute_metrics` for a task, adding `num_examples` (how many predictions were scored: under DDP every
 example exactly once) and, for online users, any Hub `evaluate` metrics a recipe names.
 """
@@ -12,7 +14,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, matthews_corrcoef, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, average_precision_score, confusion_matrix, f1_score, matthews_corrcoef, precision_recall_fscore_support
 from transformers import EvalPrediction
 
 CLASSIFICATION_EXTRAS = ("f1", "mcc")
@@ -50,6 +52,70 @@ def confusion(preds: np.ndarray, labels: np.ndarray, num_labels: int) -> list[li
 
 def logits_of(predictions) -> np.ndarray:
     return predictions[0] if isinstance(predictions, (tuple, list)) else predictions
+
+
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)  # a coarse grid: fine grids overfit small validation sets
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
+def multilabel_metrics(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> dict[str, float]:
+    """F1 (micro, macro over labels), micro precision/recall and exact match at `thresholds`; mAP over labels with positives."""
+    labels = np.asarray(labels).astype(int)
+    preds = (np.asarray(probs) >= np.asarray(thresholds)).astype(int)
+    p, r, f, _ = precision_recall_fscore_support(labels, preds, average="micro", zero_division=0)
+    present = labels.sum(axis=0) > 0  # average precision is undefined for a label with no positives
+    ap = [average_precision_score(labels[:, j], probs[:, j]) for j in np.flatnonzero(present)]
+    return {
+        "f1_micro": float(f),
+        "f1_macro": float(f1_score(labels, preds, average="macro", zero_division=0)),
+        "precision_micro": float(p),
+        "recall_micro": float(r),
+        "exact_match": float((preds == labels).all(axis=1).mean()),
+        "mAP": float(np.mean(ap)) if ap else 0.0,
+    }
+
+
+def _best(scores: list[float]) -> float:
+    """The grid threshold with the best score; ties go to the one nearest 0.5 (then the lower)."""
+    best = max(scores)
+    ties = [t for t, s in zip(THRESHOLD_GRID, scores) if s == best]
+    return float(min(ties, key=lambda t: (abs(t - 0.5), t)))
+
+
+def choose_thresholds(probs: np.ndarray, labels: np.ndarray, mode: str | float) -> np.ndarray:
+    """Per-label (best F1 of each label), global (best micro F1) or fixed thresholds; 0.5 for labels without positives."""
+    labels = np.asarray(labels).astype(int)
+    n = labels.shape[1]
+    if not isinstance(mode, str):
+        return np.full(n, float(mode))
+    if mode == "global":
+        scores = [f1_score(labels, (probs >= t).astype(int), average="micro", zero_division=0) for t in THRESHOLD_GRID]
+        return np.full(n, _best(scores))
+    out = np.full(n, 0.5)
+    for j in range(n):
+        if labels[:, j].any():
+            out[j] = _best([f1_score(labels[:, j], (probs[:, j] >= t).astype(int), zero_division=0) for t in THRESHOLD_GRID])
+    return out
+
+
+class MultiLabelMetrics:
+    """The Trainer's `compute_metrics` for multi-label runs: sigmoid of the logits, scored at `thresholds`.
+
+    The thresholds are 0.5 during training; the engine sets the ones chosen on the validation split before
+    the final evaluation, and `sft-hub eval` sets the ones saved with the run, so both report the same numbers.
+    """
+
+    def __init__(self, num_labels: int):
+        self.thresholds = np.full(num_labels, 0.5)
+
+    def __call__(self, eval_pred: EvalPrediction) -> dict[str, float]:
+        probs = sigmoid(logits_of(eval_pred.predictions))
+        out = multilabel_metrics(probs, eval_pred.label_ids, self.thresholds)
+        out["num_examples"] = int(len(probs))
+        return out
 
 
 def make_compute_metrics(

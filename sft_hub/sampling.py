@@ -56,7 +56,10 @@ class EngineTrainer(Trainer):
         if groups is None:
             return super().create_optimizer(model)
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model if model is None else model)
-        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)  # a group's own lr / weight_decay win over the defaults
+        for group in groups:  # a group's own lr / weight_decay win; otherwise the run's (not the optimizer class's) defaults
+            group.setdefault("lr", self.args.learning_rate)
+            group.setdefault("weight_decay", self.args.weight_decay)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 
     def _get_train_sampler(self, train_dataset=None):
@@ -67,3 +70,10 @@ class EngineTrainer(Trainer):
             lengths = ds.with_format(None)[name]  # no transform: only the column is read
             return LengthGroupedBatches(lengths, args.train_batch_size * args.gradient_accumulation_steps, seed)
         return super()._get_train_sampler(train_dataset)
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        """A loss that divides by utterances (`counts = "rows"`, CTC per recipe) counts labelled rows, not label tokens."""
+        loss_fn = getattr(self.compute_loss_func, "loss_fn", self.compute_loss_func)  # the NonFiniteGuard wraps it
+        if getattr(loss_fn, "counts", "labels") == "rows" and batch_samples and "labels" in batch_samples[0]:
+            batch_samples = [{"labels": torch.zeros(len(b["labels"]), device=b["labels"].device)} for b in batch_samples]
+        return super()._get_num_items_in_batch(batch_samples, device)

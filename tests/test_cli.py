@@ -68,10 +68,13 @@ def test_help_and_recipes_listing():
     assert "text_classification/sentiment_minilm_lora.yaml" in listing and "Offline demo" in listing
 
 
-def test_two_process_ddp_on_cpu(tiny_bert, tmp_path):
-    """gloo DDP: identical weights on both ranks, rank 0 alone writes, eval counts each example once."""
+@pytest.mark.parametrize("strategy", [None, {"name": "partial", "n": 1, "unfreeze_after": {"steps": 2}, "layer_decay": 0.5}],
+                         ids=["lora", "partial-unfreezing"])
+def test_two_process_ddp_on_cpu(tiny_bert, tmp_path, strategy):
+    """gloo DDP: identical weights on both ranks, rank 0 alone writes, eval counts each example once.
+    With gradual unfreezing, parameters that thaw mid-run (step 3) are synchronised too."""
     files = write_sentiment_csv(tmp_path, n_train=40, n_val=7)  # 7 does not split evenly over 2 ranks
-    raw = text_recipe(tiny_bert, files, tmp_path / "run", max_steps=3, per_device_eval_batch_size=2)
+    raw = text_recipe(tiny_bert, files, tmp_path / "run", strategy, max_steps=3, per_device_eval_batch_size=2)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(raw))
     proc = run(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",

@@ -62,6 +62,8 @@ def predictions_after_training(trainer: Any, data: Any, eval_sets: dict[str, Any
     if not enabled or not eval_sets:
         return None
     split = next(iter(eval_sets))
+    if len(data.splits[split]) and isinstance(data.splits[split][0]["labels"], (list, tuple, np.ndarray)):
+        return None  # sequence targets (speech recognition): the report has curves, no confusion matrix
     # Rows in dataset order: Trainer's eval sampler groups by length under `group_by_length`, which would
     # pair each prediction with another row. The default (sequential; under DDP sharded then gathered in order).
     trainer._get_eval_sampler = lambda ds: SequentialSampler(ds) if trainer.args.world_size <= 1 else None
@@ -109,7 +111,10 @@ def report_run(run_dir: str | Path, split: str | None = None, batch_size: int = 
             if split not in data.splits:
                 raise DataError(f"--split {split}: not found; splits are {', '.join(data.splits)}")
             rows = data.splits[split]
-            preds = logits(loaded, rows, batch_size)
+            if len(rows) and isinstance(rows[0]["labels"], (list, tuple, np.ndarray)):
+                rows = None  # sequence targets (speech recognition): curves only
+            else:
+                preds = logits(loaded, rows, batch_size)
     out = write_report(info.run_dir, info.recipe.task, info.manifest, rows, preds, split)
     write_model_card(info.run_dir, info.recipe, info.manifest)  # the card embeds what the report now holds
     return out

@@ -107,15 +107,20 @@ def mark_complete(checkpoint: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def rotate(run_dir: Path, keep: int | None) -> None:
-    """Delete old checkpoints beyond `keep`, counting only complete ones; never the newest complete one."""
+def rotate(run_dir: Path, keep: int | None, protect: Path | str | None = None) -> None:
+    """Delete old checkpoints beyond `keep`, counting only complete ones.
+
+    Never deleted: the newest complete checkpoint (what a resume needs) and `protect`, the best
+    checkpoint so far (Trainer's `best_model_checkpoint`, which `load_best_model_at_end` loads at the end).
+    """
     if not keep:
         return
     entries = checkpoints(run_dir)
     complete = [p for _, p, ok in entries if ok]
     newest = complete[-1] if complete else None
+    best = Path(protect).name if protect else None
     for p in complete[:-keep]:
-        if p != newest:
+        if p != newest and p.name != best:
             shutil.rmtree(p, ignore_errors=True)
     for _, p, ok in entries:  # incomplete ones older than the newest complete one are debris of a crash
         if not ok and newest is not None and p.stat().st_mtime < newest.stat().st_mtime:
@@ -123,32 +128,45 @@ def rotate(run_dir: Path, keep: int | None) -> None:
 
 
 def check_output_dir(run_dir: Path, raw: dict, overwrite: bool) -> str:
-    """Decide what to do with `run_dir`: "new", "resume" (same recipe, unfinished) or raise.
+    """Decide what to do with `run_dir`: "new", "overwrite" (an sft-hub run dir to replace), "resume" or raise.
 
+    Nothing is deleted here (the engine clears an overwritten run dir only once the model is built), and
+    `--overwrite` is refused for a folder that is not an sft-hub run dir (see `ownership.check_overwrite`).
     A folder holding a different run (another recipe) or a finished run is never mixed into silently.
     """
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-        return "new"
-    if not run_dir.exists() or not any(run_dir.iterdir()):
+    from sft_hub.lock import LOCK
+    from sft_hub.ownership import check_overwrite
+
+    if overwrite:
+        check_overwrite(run_dir)
+        return "overwrite" if run_dir.exists() and any(p.name != LOCK for p in run_dir.iterdir()) else "new"
+    if not run_dir.exists() or not any(p.name != LOCK for p in run_dir.iterdir()):
         return "new"
     recipe_file = run_dir / RECIPE
     if not recipe_file.is_file():
-        raise RunError(f"training.output_dir: {run_dir} is not empty and holds no sft-hub run; choose another folder or pass --overwrite")
+        raise RunError(f"training.output_dir: {run_dir} is not empty and holds no sft-hub run; choose another folder")
     previous = yaml.safe_load(recipe_file.read_text()) or {}
-    if _comparable(previous) != _comparable(raw):
-        diff = sorted(_diff_keys(_comparable(previous), _comparable(raw)))
+    diff = recipe_differences(previous, raw)
+    if diff:
         raise RunError(f"training.output_dir: {run_dir} holds a different run (differs in {', '.join(diff[:5])}); pass --overwrite to replace it")
     if (run_dir / MANIFEST).is_file():
         raise RunError(f"training.output_dir: {run_dir} holds a finished run of this recipe; pass --overwrite to train again")
     return "resume"
 
 
+# Running longer, logging differently or from another folder is the same run; everything else must match to resume.
+SAME_RUN_KEYS = frozenset({"num_train_epochs", "max_steps", "logging_steps", "save_steps", "eval_steps", "save_total_limit",
+                           "disable_tqdm", "output_dir"})
+
+
 def _comparable(raw: dict) -> dict:
-    # Running longer or logging differently is the same run; everything else must match to resume.
-    same_run = {"num_train_epochs", "max_steps", "logging_steps", "save_steps", "eval_steps", "save_total_limit", "disable_tqdm"}
-    training = {k: v for k, v in (raw.get("training") or {}).items() if k not in same_run}
+    training = {k: v for k, v in (raw.get("training") or {}).items() if k not in SAME_RUN_KEYS}
     return {**{k: v for k, v in raw.items() if k != "description"}, "training": training}
+
+
+def recipe_differences(before: dict, now: dict) -> list[str]:
+    """Dotted keys in which two resolved recipes differ as runs (SAME_RUN_KEYS ignored)."""
+    return sorted(_diff_keys(_comparable(before), _comparable(now)))
 
 
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:

@@ -2,8 +2,9 @@
 
 A strategy is one class (no shared state, no implementation inheritance needed) with a typed `Config`
 dataclass of its options; `sft_hub.strategies.parse_strategy` validates a recipe's `strategy:` section
-into an instance. Freezing helpers live here so `head`, `partial`, peft methods and `linear_probe` agree
-on what "frozen" means: frozen BatchNorm layers stay in eval mode, so their running statistics never move
+into an instance. Optional, outside the protocol: `callbacks(model, resume_from) -> list[TrainerCallback]`
+(the engine adds them before its own, e.g. gradual unfreezing, AdaLoRA's rank budget). Freezing helpers
+live here so `head`, `partial`, peft methods and `linear_probe` agree on what "frozen" means: frozen BatchNorm layers stay in eval mode, so their running statistics never move
 and a saved adapter or head reloads to identical predictions.
 """
 
@@ -108,16 +109,22 @@ def freeze(model: nn.Module, trainable: list[str]) -> None:
 
 
 def keep_frozen_batchnorm_in_eval(model: nn.Module) -> None:
-    """Frozen BN must not update running stats when Trainer calls model.train(): pin it to eval mode."""
+    """Frozen BN must not update running stats when Trainer calls model.train(): pin it to eval mode.
+
+    Checked at every forward, not once: a layer that gradual unfreezing (`unfreeze_after`) thaws later trains
+    normally from then on, and one frozen for the first epochs keeps its statistics until it is thawed.
+    """
 
     def pin_eval(module: nn.Module, _args: tuple) -> None:
-        module.training = False
+        if not any(p.requires_grad for p in module.parameters(recurse=False)):
+            module.training = False
 
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            params = list(module.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and any(True for _ in module.parameters(recurse=False)):
+            if not getattr(module, "_sft_hub_pinned", False):  # one hook, however many strategies call this
                 module.register_forward_pre_hook(pin_eval)
+                module._sft_hub_pinned = True
+            if not any(p.requires_grad for p in module.parameters(recurse=False)):
                 module.eval()
 
 

@@ -1,4 +1,8 @@
-"""`full`: every parameter the task leaves trainable trains; the whole model is saved (`<run>/model`)."""
+"""`full`: every parameter the task leaves trainable trains; the whole model is saved (`<run>/model`).
+
+Options (train_top.py): `layer_decay` and `head_lr` (discriminative learning rates), `unfreeze_after`
+(the head alone first). Without them the Trainer's own optimizer groups are used.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,14 @@ import torch
 from torch import nn
 
 from sft_hub.strategies import register
-from sft_hub.strategies.base import WHOLE_MODEL, ModelInfo, options_of, saved_folder
+from sft_hub.strategies.base import WHOLE_MODEL, ModelInfo, keep_frozen_batchnorm_in_eval, options_of, saved_folder
+from sft_hub.strategies.train_top import TopTraining, TrainTop
 
 
 @register
-class Full:
+class Full(TopTraining):
     @dataclass
-    class Config:
+    class Config(TrainTop):
         pass
 
     name: ClassVar[str] = "full"
@@ -31,10 +36,9 @@ class Full:
         return {"name": self.name, **options_of(self.config)}
 
     def apply(self, model: nn.Module, info: ModelInfo) -> nn.Module:
+        self.info = info
+        keep_frozen_batchnorm_in_eval(model)  # BN a task froze; BN held by unfreeze_after until it thaws
         return model  # everything the task left trainable (a task may freeze e.g. an audio feature encoder)
-
-    def param_groups(self, model: nn.Module, lr: float) -> list[dict] | None:
-        return None
 
     def save(self, model: nn.Module, folder: Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         target = Path(folder) / self.saved_as

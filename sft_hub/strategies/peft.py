@@ -1,11 +1,13 @@
 """peft methods as strategies, table-driven the way peft's own tuners are: one row per method.
 
 A row (`PeftMethod`) names the method, its peft `<Method>Config` class, option aliases, whether its
-adapter merges into the base, and its default `target_modules` per model family (with a fallback per
-modality for families not listed). From each row one Strategy class is generated and registered; its
-typed `Config` is made from the peft config's own dataclass fields, so every peft option passes through
-(checked by type, errors naming `strategy.<field>`). The task's new head goes to peft `modules_to_save`;
-frozen BatchNorm stays in eval mode. Adding a method is one row in `METHODS` (plus its targets) and its tests.
+adapter merges into the base, its default options per model family (`target_modules`, and IA3's
+`feedforward_modules`; a fallback per modality for families not listed; peft_targets.py), the families it
+cannot adapt and why, and any Trainer callbacks it needs (AdaLoRA's rank budget). From each row one
+Strategy class is generated and registered; its typed `Config` is made from the peft config's own dataclass
+fields, so every peft option passes through (checked by type, errors naming `strategy.<field>`), plus
+`head_lr` (the new head's own learning rate). The task's new head goes to peft `modules_to_save`; frozen
+BatchNorm stays in eval mode. Adding a method is one row in `METHODS` (plus its defaults) and its tests.
 """
 
 from __future__ import annotations
@@ -18,48 +20,51 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import torch
-from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
+from peft import AdaLoraConfig, BOFTConfig, IA3Config, LoHaConfig, LoKrConfig, LoraConfig, OFTConfig, PeftConfig, PeftModel, VeraConfig, get_peft_model
 from torch import nn
 
+from sft_hub import lora_fast
 from sft_hub.errors import ConfigError, RunError
 from sft_hub.strategies import register
+from sft_hub.strategies.adalora_budget import AdaLoraBudget
 from sft_hub.strategies.base import ModelInfo, keep_frozen_batchnorm_in_eval, options_of, saved_folder
+from sft_hub.strategies.param_groups import build_groups, check_rates
+from sft_hub.strategies.peft_targets import ADAPT_LINEAR, ADAPT_LINEAR_AND_CONV, IA3_DEFAULTS, UNSUPPORTED, defaults_for
 
-Targets = str | list[str] | None  # peft `target_modules`: a list of names, a regex (full match), or None (peft's defaults)
-
-# LoRA's default targets. Text: None, i.e. peft's own table by model_type (the attention projections of
-# BERT-family models). Images (timm): the convs inside ResNet blocks and the block layers of ConvNeXt,
-# EfficientNet and ViT; stems, downsample paths and depthwise convs stay frozen, the classifier is the new
-# head (saved whole); other timm families: give `strategy.target_modules`.
-TIMM_BLOCK_LAYERS = (r"timm_model\.(layer\d+\.\d+\.conv[123]"
-                     r"|(stages\.\d+\.)?blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc[12])"
-                     r"|blocks\.\d+\.\d+\.(conv_pw|conv_pwl|conv_exp|se\.conv_reduce|se\.conv_expand)|conv_head)")
-# Audio: the attention projections (q/k/v_proj in wav2vec2, HuBERT, Whisper and AST in transformers 5;
-# query/key/value in older BERT-style encoders). WavLM is the exception: its attention hands the
-# projections' weights straight to F.multi_head_attention_forward and never calls the modules, so LoRA there
-# would get no gradient at all (transformers#48773); for WavLM the feed-forward layers are adapted.
-AUDIO_ATTENTION = r".*\.(q_proj|k_proj|v_proj|query|key|value)"
-WAVLM_FEED_FORWARD = r"wavlm\..*\.feed_forward\.(intermediate_dense|output_dense)"
-LORA_TARGETS: dict[str, Targets] = {
-    "resnet": TIMM_BLOCK_LAYERS, "convnext": TIMM_BLOCK_LAYERS, "efficientnet": TIMM_BLOCK_LAYERS, "vit": TIMM_BLOCK_LAYERS,
-    "wavlm": WAVLM_FEED_FORWARD,
-    "text": None, "image": TIMM_BLOCK_LAYERS, "audio": AUDIO_ATTENTION,  # by modality, for families not listed
-}
 # peft config fields that sft-hub sets itself or that describe the saved adapter, not the method
 MANAGED_FIELDS = {"task_type", "peft_type", "base_model_name_or_path", "revision", "auto_mapping", "peft_version"}
+EXTRA_FIELDS = [("head_lr", float | None, field(default=None))]  # sft-hub's own options, not passed to peft
+EXTRA_NAMES = {name for name, _, _ in EXTRA_FIELDS}
+ADALORA_STEPS = 10**9  # stands in for AdaLoRA's `total_step` until the Trainer knows the run's steps (adalora_budget.py)
 
 
 @dataclass(frozen=True)
 class PeftMethod:
     name: str
     config: type[PeftConfig]
-    targets: dict[str, Targets]  # family (or modality) -> default target_modules
+    defaults: dict[str, dict[str, Any]]  # family (or modality) -> default options (target_modules, ...)
     aliases: dict[str, str] = field(default_factory=dict)  # short option names -> peft field names
     merges: bool = True  # `merge_and_unload` folds the adapter into the base
+    unsupported: dict[str, str] = field(default_factory=dict)  # family -> why the method cannot adapt it
+    stand_ins: dict[str, Any] = field(default_factory=dict)  # required peft fields filled at train start
+    callbacks: Callable[..., list] | None = None  # (peft model, options, resume_from) -> Trainer callbacks
 
 
+def _adalora_callbacks(model: nn.Module, options: dict[str, Any], resume_from: Path | None) -> list:
+    return [AdaLoraBudget(model, "total_step" in options, resume_from)]
+
+
+LORA_ALIASES = {"alpha": "lora_alpha", "dropout": "lora_dropout"}
 METHODS = [
-    PeftMethod("lora", LoraConfig, LORA_TARGETS, aliases={"alpha": "lora_alpha", "dropout": "lora_dropout"}),
+    PeftMethod("lora", LoraConfig, ADAPT_LINEAR_AND_CONV, aliases=LORA_ALIASES),
+    PeftMethod("adalora", AdaLoraConfig, ADAPT_LINEAR_AND_CONV, aliases=LORA_ALIASES, stand_ins={"total_step": ADALORA_STEPS},
+               callbacks=_adalora_callbacks),
+    PeftMethod("ia3", IA3Config, IA3_DEFAULTS),
+    PeftMethod("loha", LoHaConfig, ADAPT_LINEAR_AND_CONV),
+    PeftMethod("lokr", LoKrConfig, ADAPT_LINEAR_AND_CONV),
+    PeftMethod("vera", VeraConfig, ADAPT_LINEAR, unsupported=UNSUPPORTED["vera"]),
+    PeftMethod("oft", OFTConfig, ADAPT_LINEAR, unsupported=UNSUPPORTED["oft"]),
+    PeftMethod("boft", BOFTConfig, ADAPT_LINEAR_AND_CONV),
 ]
 
 
@@ -106,15 +111,17 @@ def _options_class(method: PeftMethod) -> type:
             continue
         default = field(default=f.default) if f.default is not dataclasses.MISSING else field(default_factory=f.default_factory)
         fields.append((f.name, hints[f.name], default))
+    fields.extend(EXTRA_FIELDS)
 
     def validate(self: Any, where: str) -> None:
         options = options_of(self)
+        check_rates(None, options.pop("head_lr", None), where)
         for key, value in options.items():
             for pattern, ok, wanted in RANGE_CHECKS:
                 if pattern.fullmatch(key) and isinstance(value, (int, float)) and not ok(value):
                     raise ConfigError(f"{where}.{key}: {wanted}, got {value!r}")
         try:  # peft's own checks, before any model is loaded
-            method.config(**options)
+            method.config(**(method.stand_ins | options))
         except (TypeError, ValueError) as exc:
             raise _error(exc, options) from None
 
@@ -135,16 +142,19 @@ def make_strategy(method: PeftMethod) -> type:
 
         def __init__(self, config: Any = None) -> None:
             self.config = config if config is not None else self.Config()
+            self.info: ModelInfo | None = None  # the applied model's description (for head_lr's groups)
 
         def to_dict(self) -> dict[str, Any]:
             return {"name": self.name, **options_of(self.config)}
 
-        def default_targets(self, info: ModelInfo) -> Targets:
-            return method.targets.get(info.family, method.targets.get(info.modality))
+        def peft_options(self) -> dict[str, Any]:
+            return {k: v for k, v in options_of(self.config).items() if k not in EXTRA_NAMES}
 
         def peft_config(self, info: ModelInfo) -> PeftConfig:
-            options = options_of(self.config)
-            options.setdefault("target_modules", self.default_targets(info))
+            if info.family in method.unsupported:
+                raise ConfigError(f"strategy.name: {method.name} cannot adapt this {info.family} model: "
+                                  f"{method.unsupported[info.family]}; use lora, loha, lokr, ia3, adalora or boft")
+            options = method.stand_ins | defaults_for(method.defaults, info.family, info.modality) | self.peft_options()
             options["modules_to_save"] = sorted(set(options.get("modules_to_save") or []) | set(info.head))
             try:
                 return method.config(**options)
@@ -156,12 +166,27 @@ def make_strategy(method: PeftMethod) -> type:
             try:
                 peft_model = get_peft_model(model, config)
             except ValueError as exc:
-                raise _error(exc, options_of(self.config) | {"target_modules": config.target_modules}) from None
+                raise _error(exc, self.peft_options() | {"target_modules": config.target_modules}) from None
+            if self.config_value("boft_n_butterfly_factor", 1) > 1 and not any(
+                    getattr(m, "fbd_cuda_available", True) for m in peft_model.modules() if hasattr(m, "boft_R")):
+                # peft falls back to a factor of 1 (and only warns) when its CUDA extension cannot be built
+                raise ConfigError("strategy.boft_n_butterfly_factor: needs peft's BOFT CUDA extension, which could not be "
+                                  "built here; use 1 (the default)")
             keep_frozen_batchnorm_in_eval(peft_model)
+            lora_fast.install(peft_model)  # plain LoRA Linears: same numbers, less memory (other methods untouched)
+            self.info = info
             return peft_model
 
+        def config_value(self, key: str, default: Any) -> Any:
+            return getattr(self.config, key, default)
+
         def param_groups(self, model: nn.Module, lr: float) -> list[dict] | None:
-            return None
+            if self.config.head_lr is None or self.info is None:
+                return None
+            return build_groups(model, self.info, lr, head_lr=self.config.head_lr)
+
+        def callbacks(self, model: nn.Module, resume_from: Path | None = None) -> list:
+            return method.callbacks(model, self.peft_options(), resume_from) if method.callbacks else []
 
         def save(self, model: nn.Module, folder: Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
             target = Path(folder) / self.saved_as
@@ -172,6 +197,7 @@ def make_strategy(method: PeftMethod) -> type:
 
         def load(self, base: nn.Module, folder: Path) -> nn.Module:
             target = saved_folder(self, folder)
+            check_adapter_folder(target)
             try:
                 return PeftModel.from_pretrained(base, target, is_trainable=False)
             except Exception as exc:  # corrupt / missing adapter files
@@ -182,3 +208,10 @@ def make_strategy(method: PeftMethod) -> type:
 
 
 STRATEGIES = {method.name: make_strategy(method) for method in METHODS}
+
+
+def check_adapter_folder(folder: Path) -> None:
+    """Name a missing adapter file (peft would report it as "Repo id must be a string")."""
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        if not (folder / name).is_file():
+            raise RunError(f"{folder / name}: missing; the adapter in {folder} is incomplete (copy it again, or train again)")

@@ -12,6 +12,7 @@ TASKS = {
     "text_classification": "sft_hub.tasks.text",
     "image_classification": "sft_hub.tasks.image",
     "audio_classification": "sft_hub.tasks.audio",
+    "speech_recognition": "sft_hub.tasks.speech",
 }
 
 

@@ -28,7 +28,7 @@ from sft_hub.base_model import BaseRef, resolve_source, weight_files
 from sft_hub.model_info import ModelInfo, describe, top_level_head
 from sft_hub.schema import unknown_key
 from sft_hub.errors import ConfigError, DataError
-from sft_hub.metrics import make_compute_metrics
+from sft_hub.metrics import MultiLabelMetrics, make_compute_metrics
 from sft_hub.tasks import audio_data
 from sft_hub.tasks import labels as label_utils
 from sft_hub.tasks import seeding
@@ -110,6 +110,10 @@ class DataConfig:
     split_regex: dict[str, str] | None = None  # filenames: split -> pattern on the file name; unmatched files train
     audio_column: str = "audio"
     label_column: str = "label"
+    problem_type: Literal["classification", "multi_label_classification"] = "classification"
+    label_delimiter: str | None = None  # multi-label: split label strings on this ("a|b"); a list column needs none
+    class_weights: str | dict[str | int, float] | None = None  # "balanced" or label -> weight: loss weight per class (sft_hub/losses.py)
+    threshold: float | Literal["per_label", "global"] | None = None  # multi-label decision thresholds; default per_label, chosen on validation
     train_split: str = "train"
     eval_splits: list[str] | None = None
     validation_fraction: float | None = None  # carve a seeded validation split out of train
@@ -135,6 +139,7 @@ class DataConfig:
             raise ConfigError(f"{where}.max_duration: must be > 0 seconds, got {self.max_duration}")
         if self.validation_fraction is not None and not 0 < self.validation_fraction < 1:
             raise ConfigError(f"{where}.validation_fraction: must be between 0 and 1, got {self.validation_fraction}")
+        label_utils.check_label_options(self, where)
 
 
 def load_data(data: DataConfig, seed: int) -> TaskData:
@@ -145,13 +150,17 @@ def load_data(data: DataConfig, seed: int) -> TaskData:
     else:
         raw = audio_data.from_filenames(data, data.train_split)
     splits, train, evals = label_utils.choose_splits(raw, data.train_split, data.eval_splits, data.validation_fraction, seed)
-    splits, labels = label_utils.encode_labels(splits, train, evals, "classification")
+    multi = data.problem_type == label_utils.MULTI_LABEL
+    if multi:
+        splits, labels = label_utils.encode_multi_labels(splits, train, evals, data.label_delimiter)
+    else:
+        splits, labels = label_utils.encode_labels(splits, train, evals, "classification")
     splits = label_utils.limit(splits, train, evals, data.max_train_samples, data.max_eval_samples, seed)
     splits, info = audio_data.check_files(splits, data.on_bad_file)
     for name in [train, *evals]:
         if len(splits[name]) == 0:
             raise DataError(f"data: split {name!r} has no readable audio files left ({info['skipped_files']} skipped)")
-    return TaskData(splits=splits, train_split=train, eval_splits=evals, labels=labels, info=info)
+    return TaskData(splits=splits, train_split=train, eval_splits=evals, labels=labels, info=info, multi_label=multi)
 
 
 def load_processor(model: ModelConfig, saved: Path | None = None) -> Any:
@@ -241,7 +250,8 @@ def collator(processor: Any, data: DataConfig):
             values = [np.asarray(f[name], dtype=np.float32) for f in features]
         batch = dict(processor.pad({name: values}, return_tensors="pt"))
         if "labels" in features[0]:
-            batch["labels"] = torch.as_tensor(np.asarray([f["labels"] for f in features]), dtype=torch.long)
+            labels = np.asarray([f["labels"] for f in features])  # class ids, or multi-hot rows (multi-label)
+            batch["labels"] = torch.as_tensor(labels, dtype=torch.long if labels.dtype.kind in "iu" else torch.float32)
         return batch
 
     collate.set_epoch = seeds.set_epoch  # type: ignore[attr-defined]
@@ -291,11 +301,13 @@ def _freeze_feature_encoder(net: torch.nn.Module) -> None:
 
 
 def metrics(data: DataConfig, labels: list[str] | None):
+    if data.problem_type == label_utils.MULTI_LABEL:
+        return MultiLabelMetrics(len(labels or []))
     return make_compute_metrics(regression=False)
 
 
 def main_metric(data: DataConfig, labels: list[str] | None) -> str:
-    return "accuracy"
+    return "mAP" if data.problem_type == label_utils.MULTI_LABEL else "accuracy"
 
 
 def read_inputs(data: DataConfig, values: list[str], file: Path | None) -> Dataset:

@@ -5,7 +5,8 @@ in this order: `load_data` -> `load_processor` -> `encode` -> `collator` -> `bui
 A task never knows strategies: it describes its model (`describe_model` -> `ModelInfo`: family, blocks
 bottom to top, head, final, embeddings) and the strategy decides what to train from that description.
 Labels are normalised by `load_data`: every split has a `labels` column holding class ids (ints) or,
-for regression, floats; `TaskData.labels` is the list of class names, or None for regression.
+for regression, floats (for multi-label data, multi-hot float rows); `TaskData.labels` is the list of class
+names, or None for regression.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class TaskData:
     eval_splits: list[str]
     labels: list[str] | None  # class names in id order; None means regression (one output)
     info: dict[str, Any] = field(default_factory=dict)  # e.g. skipped files, counted into the manifest
+    multi_label: bool = False  # `labels` columns hold multi-hot float rows (problem_type: multi_label_classification)
 
     @property
     def is_regression(self) -> bool:

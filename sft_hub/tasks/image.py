@@ -25,13 +25,13 @@ from sft_hub.base_model import BaseRef, weight_files
 from sft_hub.model_info import ModelInfo, describe
 from sft_hub.schema import suggest
 from sft_hub.errors import ConfigError, DataError
-from sft_hub.metrics import make_compute_metrics
+from sft_hub.metrics import MultiLabelMetrics, make_compute_metrics
 from sft_hub.tasks import image_data
 from sft_hub.tasks import labels as label_utils
 from sft_hub.tasks import seeding
 from sft_hub.tasks.base import BuiltModel, TaskData
 
-BUILTIN = ("digits",)
+BUILTIN = ("digits", "digits_attributes")  # digits_attributes: multi-label (even, prime, loop, large)
 PROCESSOR_FILE = "image_processor.json"
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 # timm model classes whose family name differs from the class name
@@ -86,6 +86,10 @@ class DataConfig:
     dataset_revision: str | None = None
     image_column: str = "image"
     label_column: str = "label"
+    problem_type: Literal["classification", "multi_label_classification"] = "classification"
+    label_delimiter: str | None = None  # multi-label: split label strings on this ("a|b"); a list column needs none
+    class_weights: str | dict[str | int, float] | None = None  # "balanced" or label -> weight: loss weight per class (sft_hub/losses.py)
+    threshold: float | Literal["per_label", "global"] | None = None  # multi-label decision thresholds; default per_label, chosen on validation
     train_split: str = "train"
     eval_splits: list[str] | None = None
     validation_fraction: float | None = None  # carve a seeded, class-stratified validation split out of train
@@ -128,6 +132,15 @@ class DataConfig:
                 raise ConfigError(f"{where}.{key}: must be >= 0, got {getattr(self, key)}")
         if not 0 <= self.label_smoothing < 1 or self.label_smoothing and not (self.mixup or self.cutmix):
             raise ConfigError(f"{where}.label_smoothing: in [0, 1) and only with mixup or cutmix (soft labels), got {self.label_smoothing}")
+        multi = self.problem_type == label_utils.MULTI_LABEL
+        if multi and self.folder:
+            raise ConfigError(f"{where}.problem_type: class folders hold one label per image; multi-label images need a dataset with a label-list column")
+        if (self.builtin == "digits_attributes") != (multi and self.builtin is not None):
+            raise ConfigError(f"{where}.problem_type: builtin {self.builtin} is {'multi-label' if self.builtin == 'digits_attributes' else 'single-label'}; "
+                              f"set problem_type: {label_utils.MULTI_LABEL if self.builtin == 'digits_attributes' else 'classification'}")
+        if multi and (self.mixup or self.cutmix):
+            raise ConfigError(f"{where}.mixup: mixup/cutmix mix one-hot labels; not supported with problem_type: {label_utils.MULTI_LABEL}")
+        label_utils.check_label_options(self, where)
         if self.on_bad_image == "skip" and not self.verify_images:
             raise ConfigError(f"{where}.on_bad_image: skip needs verify_images: true (bad images are found and counted up front)")
         if self.auto_augment:
@@ -148,7 +161,7 @@ def load_data(data: DataConfig, seed: int) -> TaskData:
     if data.folder:
         raw, origin = image_data.load_folder(data.folder, data.train_split), f"folder {data.folder}"
     elif data.builtin:
-        raw, origin = image_data.load_digits_splits(), "built-in digits (sklearn)"
+        raw, origin = image_data.load_digits_splits(attributes=data.builtin == "digits_attributes"), f"built-in {data.builtin} (sklearn)"
     else:
         raw = image_data.load_hub(data.dataset, data.dataset_config, data.dataset_revision, data.image_column, data.label_column)
         origin = f"dataset {data.dataset}"
@@ -158,17 +171,23 @@ def load_data(data: DataConfig, seed: int) -> TaskData:
             raise DataError(f"data.train_split: split {data.train_split!r} not found; splits are {', '.join(raw)}")
         train, held = image_data.stratified_holdout(raw[data.train_split], data.validation_fraction,
                                                     seed if data.split_seed is None else data.split_seed)
-        raw = DatasetDict({**raw, data.train_split: train, "validation": held})
-        evals = evals or ["validation"]
+        name = label_utils.holdout_name(raw)
+        raw = DatasetDict({**raw, data.train_split: train, name: held})
+        evals = evals or [name]
     splits, train_split, evals = label_utils.choose_splits(raw, data.train_split, evals, None, seed)
-    splits, labels = label_utils.encode_labels(splits, train_split, evals, "classification")
+    multi = data.problem_type == label_utils.MULTI_LABEL
+    if multi:
+        splits, labels = label_utils.encode_multi_labels(splits, train_split, evals, data.label_delimiter)
+    else:
+        splits, labels = label_utils.encode_labels(splits, train_split, evals, "classification")
     splits = label_utils.limit(splits, train_split, evals, data.max_train_samples, data.max_eval_samples, seed)
     info: dict[str, Any] = {"source": origin, "verified": data.verify_images}
     if data.verify_images:
         splits, checked = image_data.check_images(splits, data.on_bad_image)
         info.update(checked)
-    splits = DatasetDict({n: ds.cast_column("labels", ClassLabel(names=labels)) for n, ds in splits.items()})
-    return TaskData(splits=splits, train_split=train_split, eval_splits=evals, labels=labels, info=info)
+    if not multi:
+        splits = DatasetDict({n: ds.cast_column("labels", ClassLabel(names=labels)) for n, ds in splits.items()})
+    return TaskData(splits=splits, train_split=train_split, eval_splits=evals, labels=labels, info=info, multi_label=multi)
 
 
 @dataclass
@@ -339,11 +358,13 @@ def describe_model(model: torch.nn.Module, head: list[str] | None = None) -> Mod
 
 
 def metrics(data: DataConfig, labels: list[str] | None):
+    if data.problem_type == label_utils.MULTI_LABEL:
+        return MultiLabelMetrics(len(labels or []))
     return make_compute_metrics(regression=False, extras=("f1",) if labels is not None and len(labels) == 2 else ())
 
 
 def main_metric(data: DataConfig, labels: list[str] | None) -> str:
-    return "accuracy"
+    return "mAP" if data.problem_type == label_utils.MULTI_LABEL else "accuracy"
 
 
 def read_inputs(data: DataConfig, values: list[str], file: Path | None) -> Dataset:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, Features, Image as ImageFeature, Value
+from datasets import Dataset, DatasetDict, Features, Image as ImageFeature, List, Value
 from PIL import Image, ImageOps
 
 from sft_hub.errors import DataError
@@ -126,7 +126,8 @@ class Collator:
             with self.seeds.seeded("erase", *key):
                 pixels = self.eraser(pixels)
         if features[0].get("labels") is not None:
-            labels = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+            values = [f["labels"] for f in features]  # class ids, or multi-hot rows for multi-label data
+            labels = torch.tensor(values, dtype=torch.float32 if isinstance(values[0], (list, np.ndarray)) else torch.long)
             if self.mixer is not None and train:
                 with self.seeds.seeded("mix", *key):
                     pixels, labels = self._mix(pixels, labels, features[0]["train_classes"])
@@ -234,8 +235,19 @@ def load_folder(folder: str, train_split: str) -> DatasetDict:
     return DatasetDict({s: _rows(c) for s, c in found.items()})
 
 
-def load_digits_splits() -> DatasetDict:
-    """scikit-learn's 1,797 8x8 digits as grayscale PNGs; a fixed stratified 80/20 train/test split."""
+DIGIT_ATTRIBUTES = {"even": {0, 2, 4, 6, 8}, "prime": {2, 3, 5, 7}, "loop": {0, 6, 8, 9}, "large": {5, 6, 7, 8, 9}}
+
+
+def digit_attributes(digit: int) -> list[str]:
+    """The multi-label targets of `builtin: digits_attributes` (a 1 has none of them)."""
+    return [name for name, digits in DIGIT_ATTRIBUTES.items() if digit in digits]
+
+
+def load_digits_splits(attributes: bool = False) -> DatasetDict:
+    """scikit-learn's 1,797 8x8 digits as grayscale PNGs; a fixed stratified 80/20 train/test split.
+
+    With `attributes`, each image's label is the list of its digit's attributes (multi-label), same split.
+    """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -246,10 +258,11 @@ def load_digits_splits() -> DatasetDict:
         buf = io.BytesIO()
         Image.fromarray(arr, mode="L").save(buf, format="PNG")
         items.append({"path": f"digits/{i}.png", "bytes": buf.getvalue()})
-    labels = [str(int(t)) for t in digits.target]
+    labels = [digit_attributes(int(t)) if attributes else str(int(t)) for t in digits.target]
+    features = Features({**FEATURES, "raw_label": List(Value("string"))}) if attributes else FEATURES
     train_idx, test_idx = train_test_split(np.arange(len(items)), test_size=DIGITS_TEST_FRACTION,
                                            random_state=DIGITS_SPLIT_SEED, stratify=digits.target)
-    make = lambda idx: Dataset.from_dict({"image": [items[i] for i in idx], "raw_label": [labels[i] for i in idx]}, features=FEATURES)
+    make = lambda idx: Dataset.from_dict({"image": [items[i] for i in idx], "raw_label": [labels[i] for i in idx]}, features=features)
     return DatasetDict({"train": make(sorted(train_idx)), "test": make(sorted(test_idx))})
 
 

@@ -22,7 +22,7 @@ from sft_hub.base_model import BaseRef, resolve_source, weight_files
 from sft_hub.model_info import ModelInfo, describe, top_level_head
 from sft_hub.schema import suggest
 from sft_hub.errors import ConfigError, DataError
-from sft_hub.metrics import make_compute_metrics
+from sft_hub.metrics import MultiLabelMetrics, make_compute_metrics
 from sft_hub.tasks import labels as label_utils
 from sft_hub.tasks import glue
 from sft_hub.tasks.base import BuiltModel, TaskData
@@ -41,6 +41,10 @@ class ModelConfig:
     trust_remote_code: bool = False
     dropout: float | None = None  # overrides hidden and attention dropout of the config when set
 
+    def validate(self, where: str) -> None:
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"{where}.dropout: must be in [0, 1), got {self.dropout}")
+
 
 @dataclass
 class DataConfig:
@@ -55,7 +59,10 @@ class DataConfig:
     data_files: dict[str, str] | None = None  # split -> file
     text_columns: list[str] | None = None  # one or two
     label_column: str = "label"
-    problem_type: Literal["auto", "classification", "regression"] = "auto"
+    problem_type: Literal["auto", "classification", "regression", "multi_label_classification"] = "auto"
+    label_delimiter: str | None = None  # multi-label: split label strings on this ("a|b"); a list column needs none
+    class_weights: str | dict[str | int, float] | None = None  # "balanced" or label -> weight: loss weight per class (sft_hub/losses.py)
+    threshold: float | Literal["per_label", "global"] | None = None  # multi-label decision thresholds; default per_label, chosen on validation
     train_split: str = "train"
     eval_splits: list[str] | None = None
     validation_fraction: float | None = None  # carve a seeded validation split out of train
@@ -90,6 +97,9 @@ class DataConfig:
             raise ConfigError(f"{where}.validation_fraction: must be between 0 and 1, got {self.validation_fraction}")
         if self.max_length < 1:
             raise ConfigError(f"{where}.max_length: must be >= 1, got {self.max_length}")
+        if self.glue and self.problem_type == label_utils.MULTI_LABEL:
+            raise ConfigError(f"{where}.problem_type: GLUE tasks are single-label; multi-label data needs source, dataset or builtin")
+        label_utils.check_label_options(self, where)
 
 
 def _select_text_columns(splits: DatasetDict, data: DataConfig, origin: str) -> DatasetDict:
@@ -114,6 +124,8 @@ def load_data(data: DataConfig, seed: int) -> TaskData:
         spec = glue.TASKS[data.glue]
         labels = list(spec.labels) if spec.labels else None
         train_split, evals = "train", [s for s in splits if s != "train"]
+        if data.validation_fraction is not None or data.eval_splits:  # both were ignored for GLUE before
+            splits, train_split, evals = label_utils.choose_splits(splits, "train", data.eval_splits, data.validation_fraction, seed)
     else:
         if data.builtin:
             folder = importlib.resources.files("sft_hub") / BUILTIN[data.builtin]
@@ -129,29 +141,45 @@ def load_data(data: DataConfig, seed: int) -> TaskData:
             raw = load_files(data.source, data.data_files)
             origin = "data_files"
         raw = _select_text_columns(raw, data, origin)
+        if data.problem_type != label_utils.MULTI_LABEL:  # multi-label: an empty field means "no label applies"
+            label_utils.check_labels_present(raw, data.data_files if data.source else None, data.label_column,
+                                             header=data.source in ("csv", "tsv"))
         splits, train_split, evals = label_utils.choose_splits(raw, data.train_split, data.eval_splits, data.validation_fraction, seed)
-        splits, labels = label_utils.encode_labels(splits, train_split, evals, data.problem_type)
+        if data.problem_type == label_utils.MULTI_LABEL:
+            splits, labels = label_utils.encode_multi_labels(splits, train_split, evals, data.label_delimiter)
+        else:
+            splits, labels = label_utils.encode_labels(splits, train_split, evals, data.problem_type)
     splits = label_utils.limit(splits, train_split, evals, data.max_train_samples, data.max_eval_samples, seed)
-    return TaskData(splits=splits, train_split=train_split, eval_splits=evals, labels=labels)
+    return TaskData(splits=splits, train_split=train_split, eval_splits=evals, labels=labels,
+                    multi_label=data.problem_type == label_utils.MULTI_LABEL)
 
 
 def load_processor(model: ModelConfig, saved: Path | None = None) -> Any:
     source = str(saved) if saved else resolve_source(model.name_or_path)
-    return AutoTokenizer.from_pretrained(source, revision=None if saved else model.revision, trust_remote_code=model.trust_remote_code)
+    try:
+        return AutoTokenizer.from_pretrained(source, revision=None if saved else model.revision, trust_remote_code=model.trust_remote_code)
+    except (OSError, ValueError) as exc:  # no such model / folder, offline without a cached copy, no tokenizer files
+        where = f"{saved}" if saved else f"model.name_or_path: {model.name_or_path!r}"
+        raise ConfigError(f"{where}: cannot load a tokenizer: {str(exc).strip().splitlines()[0]}") from None
 
 
 def save_processor(processor: Any, path: Path) -> None:
     processor.save_pretrained(path)
 
 
+def tokenize(processor: Any, data: DataConfig, text_a: list[str], text_b: list[str] | None = None) -> dict:
+    """Token ids (unpadded) and their `length`; `encode` maps it over splits, prediction calls it directly."""
+    enc = processor(text_a, text_b, truncation=True, max_length=data.max_length)
+    enc["length"] = [len(ids) for ids in enc["input_ids"]]
+    return enc
+
+
 def encode(splits: DatasetDict, processor: Any, data: DataConfig, model: ModelConfig, train_split: str | None) -> DatasetDict:
-    def tokenize(batch: dict) -> dict:
-        enc = processor(batch["text_a"], batch["text_b"] if "text_b" in batch else None, truncation=True, max_length=data.max_length)
-        enc["length"] = [len(ids) for ids in enc["input_ids"]]
-        return enc
+    def tokenize_batch(batch: dict) -> dict:
+        return tokenize(processor, data, batch["text_a"], batch["text_b"] if "text_b" in batch else None)
 
     drop = [c for c in ("text_a", "text_b") if c in next(iter(splits.values())).column_names]
-    encoded = DatasetDict({name: ds.map(tokenize, batched=True, remove_columns=drop, desc=f"tokenizing {name}") for name, ds in splits.items()})
+    encoded = DatasetDict({name: ds.map(tokenize_batch, batched=True, remove_columns=drop, desc=f"tokenizing {name}") for name, ds in splits.items()})
     warn_truncated(splits, encoded, processor, data.max_length)
     return encoded
 
@@ -215,6 +243,8 @@ def _outermost(names: list[str]) -> list[str]:
 
 
 def metrics(data: DataConfig, labels: list[str] | None):
+    if data.problem_type == label_utils.MULTI_LABEL:
+        return MultiLabelMetrics(len(labels or []))
     extras = glue.TASKS[data.glue].metric_extras if data.glue else (("f1",) if labels is not None and len(labels) == 2 else ())
     return make_compute_metrics(regression=labels is None, extras=extras)
 
@@ -222,6 +252,8 @@ def metrics(data: DataConfig, labels: list[str] | None):
 def main_metric(data: DataConfig, labels: list[str] | None) -> str:
     if data.glue:
         return glue.TASKS[data.glue].main_metric
+    if data.problem_type == label_utils.MULTI_LABEL:
+        return "mAP"  # threshold-free: the thresholds are tuned on the first eval split
     return "pearson" if labels is None else "accuracy"
 
 

@@ -2,7 +2,8 @@
 
 Faults: `kill_after_complete:N` (SIGKILL right after checkpoint-N is marked complete),
 `kill_during_save:N` (SIGKILL after checkpoint-N's files are written, before its marker),
-`term_at_step:N` (SIGTERM at the end of step N: the graceful-stop path).
+`term_at_step:N` (SIGTERM at the end of step N: the graceful-stop path),
+`wait_at_step:N` (at the end of step N, wait until the file named by $SFT_HUB_TEST_GO exists).
 """
 
 from __future__ import annotations
@@ -40,9 +41,25 @@ elif kind == "term_at_step":
             os.kill(os.getpid(), signal.SIGTERM)
         return original_end(self, args, state, control, **kw)
     callbacks.GracefulStop.on_step_end = on_step_end
+elif kind == "wait_at_step":
+    import time
+    original_end = callbacks.GracefulStop.on_step_end
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == step:
+            open(os.environ["SFT_HUB_TEST_GO"] + ".waiting", "w").close()
+            while not os.path.exists(os.environ["SFT_HUB_TEST_GO"]):
+                time.sleep(0.05)
+        return original_end(self, args, state, control, **kw)
+    callbacks.GracefulStop.on_step_end = on_step_end
 from sft_hub.cli import main
 main(sys.argv[2:])
 """
+
+
+def start_cli(fault: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, fault, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO, env=full_env)
 
 
 def run_cli(fault: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -84,5 +84,6 @@ def test_damaged_adapter_is_named(finished, tmp_path, damage):
     else:
         weights = run / "adapter" / "adapter_model.safetensors"
         weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(RunError, match=r"adapter: cannot load adapter"):
+    expected = r"adapter_config.json: missing" if damage == "missing config" else r"adapter: cannot load adapter"
+    with pytest.raises(RunError, match=expected):
         load_run(run)

@@ -7,6 +7,7 @@ import signal
 import time
 
 import pytest
+import torch
 import yaml
 from conftest import text_recipe, write_sentiment_csv
 from faults import run_cli
@@ -15,12 +16,14 @@ from safetensors.torch import load_file
 from sft_hub import runs
 
 
-def recipe_file(tmp_path, tiny_bert, out, **training):
+LORA = {"name": "lora", "r": 4, "alpha": 8, "lora_dropout": 0.1, "target_modules": ["query", "value"]}
+
+
+def recipe_file(tmp_path, tiny_bert, out, strategy=None, **training):
     files = write_sentiment_csv(tmp_path, n_train=44, n_val=8)  # 44 / (4 x 2) -> steps end mid-epoch
     settings = dict(per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=10, save_strategy="steps",
                     save_steps=4, learning_rate=5e-3)
-    raw = text_recipe(tiny_bert, files, out, {"name": "lora", "r": 4, "alpha": 8, "lora_dropout": 0.1, "target_modules": ["query", "value"]},
-                      **{**settings, **training})
+    raw = text_recipe(tiny_bert, files, out, strategy or LORA, **{**settings, **training})
     raw["model"]["dropout"] = 0.1  # dropout on: resume must restore the RNG state too
     path = tmp_path / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -52,6 +55,27 @@ def test_sigkill_then_resume_is_exact(tiny_bert, tmp_path, grouped):
     assert all(a[s] == b[s] for s in range(5, 11))  # identical losses and grad norms after the resume point
     wa, wb = (load_file(str(d / "adapter" / "adapter_model.safetensors")) for d in (straight, crashed))
     assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)  # bit-identical on CPU
+
+
+def test_sigkill_before_and_after_the_unfreeze_point_then_resume_is_exact(tiny_bert, tmp_path):
+    """Gradual unfreezing (head only for steps 1-6) with layer-wise and head learning rates: killed after
+    checkpoint-4 (before the unfreeze point), resumed across it and killed again after checkpoint-8, resumed."""
+    strategy = {"name": "partial", "n": 1, "unfreeze_after": {"steps": 6}, "layer_decay": 0.5, "head_lr": 0.02}
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    assert run_cli("none", "train", str(recipe_file(tmp_path, tiny_bert, straight, strategy))).returncode == 0
+    recipe = recipe_file(tmp_path, tiny_bert, crashed, strategy)
+    assert run_cli("kill_after_complete:4", "train", str(recipe)).returncode == -signal.SIGKILL
+    again = run_cli("kill_after_complete:8", "train", str(recipe))
+    assert again.returncode == -signal.SIGKILL and "checkpoint-4" in again.stderr
+    resumed = run_cli("none", "train", str(recipe))
+    assert resumed.returncode == 0 and "checkpoint-8" in resumed.stderr, resumed.stderr[-2000:]
+    a, b = losses(straight), losses(crashed)
+    assert sorted(a) == sorted(b) == list(range(1, 11)) and all(a[s] == b[s] for s in range(1, 11))
+    wa, wb = (load_file(str(d / "partial" / "partial.safetensors")) for d in (straight, crashed))
+    assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+    first = load_file(str(straight / "checkpoints" / "checkpoint-4" / "model.safetensors"))
+    block = [k for k in wa if k.startswith("bert.encoder.layer.1.") and k.endswith("weight")]
+    assert block and all((first[k] != wa[k]).any() for k in block)  # the block did train after the unfreeze point
 
 
 def test_kill_during_save_leaves_an_incomplete_checkpoint_that_is_skipped(tiny_bert, tmp_path):
@@ -122,3 +146,25 @@ def test_nonfinite_loss(tiny_bert, tmp_path, action):
     else:
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert json.loads((tmp_path / "run" / "manifest.json").read_text())["nonfinite_skipped"] >= 1
+
+
+def test_sigkill_then_resume_restores_the_weight_average_exactly(tiny_bert, tmp_path):
+    """engine.ema: the average is saved in each checkpoint and read back; resumed == uninterrupted, bit for bit."""
+    paths = {}
+    for name in ("straight", "crashed"):
+        path = recipe_file(tmp_path, tiny_bert, tmp_path / name)
+        raw = yaml.safe_load(path.read_text())
+        raw["engine"] = {"ema": {"decay": 0.7}}
+        path.write_text(yaml.safe_dump(raw))
+        paths[name] = path
+    assert run_cli("none", "train", str(paths["straight"])).returncode == 0
+    assert run_cli("kill_after_complete:4", "train", str(paths["crashed"])).returncode == -signal.SIGKILL
+    assert (tmp_path / "crashed" / "checkpoints" / "checkpoint-4" / "ema.safetensors").is_file()
+    resumed = run_cli("none", "train", str(paths["crashed"]))
+    assert resumed.returncode == 0 and "checkpoint-4" in resumed.stderr, resumed.stderr[-2000:]
+    for rel in ("checkpoints/checkpoint-8/ema.safetensors", "adapter/adapter_model.safetensors"):
+        wa, wb = (load_file(str(tmp_path / d / rel)) for d in ("straight", "crashed"))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), rel
+    final, raw_weights = (load_file(str(tmp_path / "crashed" / rel)) for rel in
+                          ("adapter/adapter_model.safetensors", "checkpoints/checkpoint-8/adapter_model.safetensors"))
+    assert any(not torch.equal(final[k], raw_weights[k]) for k in final)  # what was saved is the average, not the raw weights

@@ -14,12 +14,16 @@ from test_audio_task import model_cfg as audio_cfg
 from test_image_data import model_cfg as image_cfg
 
 from sft_hub.base_model import tensors_sha256
+from sft_hub.errors import ConfigError
+from sft_hub.export import merge
 from sft_hub.schema import from_dict
 from sft_hub.strategies import available, parse_strategy, saves_whole_model
 from sft_hub.strategies.base import frozen_params
 from sft_hub.tasks import audio, image, text
 
 LABELS = ["a", "b", "c"]
+OPTIONS = {"lora": {"r": 4}, "partial": {"n": 1}, "adalora": {"init_r": 4, "target_r": 2}, "vera": {"r": 16},
+           "oft": {"oft_block_size": 8}}  # the tiny audio models have one block; tiny layers are 32-64 wide
 
 
 def _text(folder: Path | None, tmp: Path):
@@ -58,7 +62,12 @@ def test_apply_save_reload(tmp_path, name, modality):
     built = task.build_model(cfg, LABELS)
     assert built.info.modality == modality and built.info.head and built.info.blocks
     built.model.save_pretrained(tmp_path / "base")  # the engine keeps a base built from a config like this
-    strategy = parse_strategy({"name": name, **({"r": 4} if name == "lora" else {})})
+    strategy = parse_strategy({"name": name, **OPTIONS.get(name, {})})
+    unsupported = getattr(getattr(strategy, "peft_method", None), "unsupported", {})
+    if built.info.family in unsupported:  # e.g. VeRA (Linear only) on ResNet: refused, naming method and family
+        with pytest.raises(ConfigError, match=rf"strategy.name: {name} cannot adapt this {built.info.family} model: peft 0.21"):
+            strategy.apply(built.model, built.info)
+        return
     model = strategy.apply(built.model, built.info)
     frozen_before = tensors_sha256(frozen_params(model))
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -80,6 +89,10 @@ def test_apply_save_reload(tmp_path, name, modality):
     reloaded = parse_strategy(strategy.to_dict()).load(base, tmp_path / "run").eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).logits, expected, rtol=1e-5, atol=1e-6)
+        if strategy.merges:  # what export --merge writes: one plain model with the same predictions
+            merged = merge(reloaded)
+            assert not [n for n, _ in merged.named_modules() if "lora_" in n or "modules_to_save" in n or "base_layer" in n]
+            torch.testing.assert_close(merged(**batch).logits, expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch,family,target", [
