@@ -121,7 +121,9 @@ class LinearProbe:
             self._check(model, inputs, probe, X, data.is_regression)
         log.warning("linear_probe: %s on %d x %d features (%s), %s", summary["estimator"], len(rows), W.shape[1],
                     "cached" if hit else "extracted", ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if isinstance(v, float)))
-        return {"train_runtime": round(time.perf_counter() - start, 3), "features_seconds": round(extracted - start, 3),
+        runtime = time.perf_counter() - start
+        return {"train_runtime": round(runtime, 3), "train_samples_per_second": round(len(rows) / max(runtime, 1e-9), 3),
+                "features_seconds": round(extracted - start, 3),
                 "fit_seconds": round(fitted - extracted, 3), "features_cache": "hit" if hit else "extracted",
                 "features_key": key.digest(), "features_dim": int(W.shape[1]), "cut": cut.describe(),
                 **{f"probe_{k}": v for k, v in summary.items()}}
