@@ -84,9 +84,12 @@ def setup(quiet_libraries: bool = False) -> None:
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars
     datasets.disable_progress_bars()  # split generation, label maps, checks: `data_bars` turns them on where they help
     root = transformers.utils.logging.get_logger("transformers")  # installs transformers' handler, which we filter
-    for handler in root.handlers:
-        if not any(isinstance(f, LoadReportFilter) for f in handler.filters):
-            handler.addFilter(LoadReportFilter())
+    # On the loggers that emit the report (a record is dropped before any handler sees it, whichever handlers
+    # exist by then) and on the handlers of transformers' root logger (for reports logged elsewhere).
+    emitters = [logging.getLogger(name) for name in ("transformers.utils.loading_report", "transformers.modeling_utils")]
+    for target in [*emitters, *root.handlers]:
+        if not any(isinstance(f, LoadReportFilter) for f in target.filters):
+            target.addFilter(LoadReportFilter())
     if quiet_libraries:
         transformers.logging.set_verbosity_error()
     for name, text in _NOISE:  # logger filters survive the library configuring its logger at import time
