@@ -27,6 +27,9 @@ def run_demo(recipe_path: Path, output_dir: str, overrides: list[str]) -> None:
     print(f"[1/4] training {recipe.description or recipe_path.name}")
     start = time.perf_counter()
     out = train(recipe, overwrite=overwrite)
+    if out["stopped"]:  # SIGTERM: a checkpoint was saved; the same command resumes
+        print(f"      stopped by SIGTERM; run the same command to resume from {out['run_dir']}")
+        return
     for line in train_summary(out, time.perf_counter() - start):
         print(f"      {line.strip()}")
 
