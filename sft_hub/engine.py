@@ -14,17 +14,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from transformers import set_seed
 
-from sft_hub import runs
-from sft_hub.base_model import files_sha256, tensors_sha256
+from sft_hub import distributed, runs
+from sft_hub.base_model import files_sha256
 from sft_hub.callbacks import CompleteCheckpoints, EpochSeeds, GracefulStop, MetricsLog, NonFiniteGuard
 from sft_hub.config import Recipe
 from sft_hub.errors import RunError
 from sft_hub.hub import write_model_card
 from sft_hub.manifest import build_manifest
 from sft_hub.sampling import EngineTrainer
-from sft_hub.strategies import apply_strategy, count_parameters, frozen_params, save_learned, trainable_state
+from sft_hub.strategies import HEAD_FILE, apply_strategy, count_parameters, frozen_params
 from sft_hub.tasks import get_task
 from sft_hub.training_args import build_training_args
 
@@ -72,7 +73,9 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         base = {"files": files_sha256((run_dir / "base").glob("*.safetensors")), "saved_in_run": True}
 
     model = apply_strategy(built.model, recipe.strategy, built.head_modules, task.lora_target_modules)
-    frozen_before = tensors_sha256(frozen_params(model)) if recipe.strategy.name != "full" else None
+    # With FSDP's RAM-efficient loading only rank 0 holds the base here (the others hold `meta` copies
+    # until FSDP broadcasts rank 0's weights): rank 0's fingerprint is the run's, the others get None.
+    frozen_before = distributed.fingerprint(frozen_params(model)) if recipe.strategy.name != "full" else None
     eval_sets = {name: encoded[name] for name in data.eval_splits}
     guard = NonFiniteGuard(make_loss(data.is_regression), recipe.engine.nonfinite_loss, recipe.engine.max_nonfinite_skips)
     stop = GracefulStop()
@@ -90,6 +93,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         callbacks=[CompleteCheckpoints(run_dir, keep), MetricsLog(run_dir / runs.METRICS_LOG), stop, EpochSeeds(seeded, seed)],
     )
     guard.state = trainer.state
+    distributed.prepare_fsdp(trainer.accelerator, model)
     if checkpoint:
         log.warning("resuming from %s", checkpoint)
     train_out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -97,20 +101,26 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         log.warning("stopped by SIGTERM at step %d with a complete checkpoint; run the same command to resume", trainer.state.global_step)
         return {"run_dir": run_dir, "metrics": {}, "manifest": None, "trainer": trainer, "stopped": True}
 
-    if frozen_before is not None and tensors_sha256(frozen_params(model)) != frozen_before:
-        raise RunError("frozen base weights changed during training; the run was not saved (report this as a bug)")
+    if recipe.strategy.name != "full":  # every rank gathers (a collective under FSDP / ZeRO-3); rank 0 judges
+        frozen_after = distributed.fingerprint(frozen_params(model))
+        if distributed.from_main(frozen_before is not None and frozen_after != frozen_before):
+            raise RunError("frozen base weights changed during training; the run was not saved (report this as a bug)")
     if args.should_save and base.get("files") and not base.get("saved_in_run"):
         if files_sha256(built.weight_files) != base["files"]:
             raise RunError(f"base weight files {', '.join(map(str, built.weight_files))} changed on disk during training")
 
     metrics = {name: trainer.evaluate(eval_dataset=ds, metric_key_prefix=f"eval_{name}") for name, ds in eval_sets.items()}
-    trained_sha = tensors_sha256(trainable_state(trainer.accelerator.unwrap_model(trainer.model)).items())
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    trainable = [(n, p) for n, p in unwrapped.named_parameters() if p.requires_grad]
+    trained_sha = distributed.fingerprint(trainable)  # of the gathered weights: equal on every rank
     log.warning("rank %d: trained weights sha256 %s", args.process_index, trained_sha)
 
     trainer.processing_class = None  # the processor is saved once, in <run>/processor, not inside the adapter
-    if recipe.strategy.name == "head":
+    if recipe.strategy.name == "head":  # the gathered head, not this rank's shard of it
+        head = distributed.full_tensors(trainable)
         if args.should_save:
-            save_learned(trainer.accelerator.unwrap_model(trainer.model), recipe.strategy, run_dir)
+            (run_dir / recipe.strategy.saved_as).mkdir(parents=True, exist_ok=True)
+            save_file(head, str(run_dir / recipe.strategy.saved_as / HEAD_FILE))
     else:
         trainer.save_model(str(run_dir / recipe.strategy.saved_as))  # gathers FSDP/DeepSpeed shards; rank 0 writes
     manifest = None

@@ -1,0 +1,155 @@
+"""Reading a model's tensors safely under every way accelerate may hold them, and agreeing across ranks.
+
+A parameter can be, depending on the launch:
+- a plain tensor (one process, DDP);
+- on the `meta` device: with FSDP's `cpu_ram_efficient_loading` transformers loads the weights on
+  local rank 0 only and leaves the other ranks' copies on `meta` until FSDP broadcasts rank 0's
+  weights inside `accelerator.prepare` (so no rank > 0 may read its base before training starts);
+- a `DTensor` shard (FSDP2 after prepare): `full_tensor()` all-gathers it;
+- a DeepSpeed ZeRO-3 partition (`ds_id` attribute, `numel() == 0` locally): gathered with
+  `deepspeed.zero.GatheredParameters`.
+Gathering is a collective: every rank must call `full_tensors` / `fingerprint` at the same point with
+the same names, which is why both iterate in sorted order and never skip a tensor on one rank only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Iterable
+
+import torch
+
+
+def is_zero3(t: torch.Tensor) -> bool:
+    return hasattr(t, "ds_id")
+
+
+def is_dtensor(t: torch.Tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch without distributed support
+        return False
+    return isinstance(t, DTensor)
+
+
+def materialised(named: Iterable[tuple[str, torch.Tensor]]) -> bool:
+    """False when any tensor is on `meta` (this rank waits for FSDP to broadcast rank 0's weights)."""
+    return not any(t.is_meta for _, t in named)
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A full, detached CPU copy of `t` however it is sharded (a collective for DTensor and ZeRO-3).
+
+    Always a copy: FSDP2 frees and re-allocates the storage of unsharded parameters, and a storage that
+    was ever exposed to numpy (hashing does that) can no longer be resized ("Trying to resize storage
+    that is not resizable" at the next save).
+    """
+    if is_zero3(t):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([t], modifier_rank=None):
+            return t.detach().to("cpu", copy=True)
+    if is_dtensor(t):
+        return t.detach().full_tensor().to("cpu", copy=True)
+    if t.is_meta:
+        raise RuntimeError("cannot read a tensor on the meta device (its weights live on another rank)")
+    return t.detach().to("cpu", copy=True)
+
+
+def full_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """{name: full CPU copy}, gathered in sorted name order (identical on every rank)."""
+    return {name: full_tensor(t).contiguous() for name, t in sorted(named, key=lambda kv: kv[0])}
+
+
+def numel(t: torch.Tensor) -> int:
+    """Number of elements of the whole parameter (ZeRO-3 partitions report 0 locally)."""
+    return int(getattr(t, "ds_numel", t.numel()))
+
+
+def fingerprint(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """sha256 over names, dtypes, shapes and bytes of the full tensors; None on a rank holding `meta` copies.
+
+    The same digest as `base_model.tensors_sha256`, computed one gathered copy at a time (a sharded
+    base is never whole in memory). On a rank whose tensors are on `meta` nothing is gathered, which is
+    safe because `meta` copies only exist before `accelerator.prepare`, when nothing is sharded yet.
+    """
+    named = sorted(named, key=lambda kv: kv[0])
+    if not materialised(named):
+        return None
+    digest = hashlib.sha256()
+    for name, t in named:
+        full = full_tensor(t).contiguous()
+        digest.update(f"{name}|{full.dtype}|{tuple(full.shape)}".encode())
+        digest.update(full.reshape(-1).view(torch.uint8).numpy().tobytes() if full.numel() else b"")
+    return digest.hexdigest()
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+
+
+def from_main(value: Any) -> Any:
+    """Rank 0's `value` on every rank (a no-op in one process)."""
+    if world_size() == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        torch.distributed.barrier()
+
+
+def prepare_fsdp(accelerator: Any, model: torch.nn.Module) -> None:
+    """Work around two accelerate 1.15 FSDP2 faults before the Trainer prepares `model` (no-op without FSDP)."""
+    if getattr(accelerator.state, "fsdp_plugin", None) is None:
+        return
+    _give_meta_params_storage(model)
+    _wrap_blocks_without_embeddings(accelerator, model)
+
+
+def _give_meta_params_storage(model: torch.nn.Module) -> None:
+    """Give every `meta` parameter (ranks > 0 under `cpu_ram_efficient_loading`) its own empty CPU storage.
+
+    accelerate maps the optimizer's parameters to their FSDP2 shards by `data_ptr()`; on a rank whose
+    parameters are all on `meta` every pointer is 0, so the optimizer of every rank but 0 ends up updating
+    one parameter shard many times and the others never: training silently diverges from DDP (on GPUs
+    too). `torch.empty` memory is never touched (the pages are not committed) and accelerate moves the
+    model back to `meta` before broadcasting rank 0's weights, so the memory saving is kept.
+    """
+    replaced: dict[int, torch.nn.Parameter] = {}
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None and param.is_meta:
+                if id(param) not in replaced:  # tied weights stay tied
+                    replaced[id(param)] = torch.nn.Parameter(torch.empty_like(param, device="cpu"), requires_grad=param.requires_grad)
+                module._parameters[name] = replaced[id(param)]
+
+
+def _wrap_blocks_without_embeddings(accelerator: Any, model: torch.nn.Module) -> None:
+    """Keep accelerate's FSDP2 auto-wrap from sharding the input embeddings twice.
+
+    accelerate 1.15 (`fsdp2_prepare_model`) first wraps every `_no_split_modules` block, then gives the
+    input embeddings a unit of their own. Models that list their embeddings block there (BERT, ViT, AST:
+    `BertEmbeddings`, ...) then have the word embeddings' parameters already sharded by that block, and
+    the second `fully_shard` fails with "TypeError: Invariant encountered: value was None when it should
+    not be" (DeviceMesh._concatenate), on GPUs as on CPU. When the user names no classes to wrap
+    (`fsdp_transformer_layer_cls_to_wrap`), wrap the `_no_split_modules` blocks that do not hold the input
+    embeddings; the embeddings then get the unit accelerate carves for them.
+    """
+    plugin = accelerator.state.fsdp_plugin
+    if getattr(plugin, "fsdp_version", 1) != 2 or plugin.transformer_cls_names_to_wrap is not None:
+        return
+    policy = getattr(plugin.auto_wrap_policy, "func", plugin.auto_wrap_policy)
+    if getattr(policy, "__name__", "") != "transformer_auto_wrap_policy":
+        return
+    try:
+        embeddings = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return
+    blocks = list(getattr(model, "_no_split_modules", None) or [])
+    holding = {type(m).__name__ for m in model.modules() if type(m).__name__ in blocks and any(s is embeddings for s in m.modules())}
+    if holding:
+        plugin.transformer_cls_names_to_wrap = [b for b in blocks if b not in holding]
