@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from sft_hub import runs
+from sft_hub import distributed, runs
 from sft_hub.errors import SftHubError
 
 log = logging.getLogger("sft_hub")
@@ -35,6 +35,8 @@ class CompleteCheckpoints(TrainerCallback):
         self.run_dir, self.keep = run_dir, keep
 
     def on_save(self, args, state, control, **kwargs):
+        # every rank writes its own files (RNG state, FSDP/DeepSpeed shards): mark only once all are written
+        distributed.barrier()
         if state.is_world_process_zero:
             ckpt = self.run_dir / "checkpoints" / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
@@ -79,7 +81,9 @@ class GracefulStop(TrainerCallback):
         log.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.requested:
+        # the ranks of a preempted job get the signal at different moments: all stop after the same step
+        if distributed.any_rank(self.requested, args.device):
+            self.requested = True
             control.should_save = True
             control.should_training_stop = True
 

@@ -153,3 +153,24 @@ def _wrap_blocks_without_embeddings(accelerator: Any, model: torch.nn.Module) ->
     holding = {type(m).__name__ for m in model.modules() if type(m).__name__ in blocks and any(s is embeddings for s in m.modules())}
     if holding:
         plugin.transformer_cls_names_to_wrap = [b for b in blocks if b not in holding]
+
+
+def gather_final_save(accelerator: Any) -> None:
+    """Make `Trainer.save_model` write the whole model / adapter at the end of an FSDP run.
+
+    With `fsdp_state_dict_type: SHARDED_STATE_DICT` (fast sharded checkpoints) transformers' `save_model`
+    writes nothing at all; the run's `model/` or `adapter/` must still be complete, so the final save is
+    switched to a full (gathered) state dict. Checkpoints written before stay sharded and resumable.
+    """
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if plugin is not None and "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+        plugin.set_state_dict_type("FULL_STATE_DICT")
+
+
+def any_rank(flag: bool, device: Any = "cpu") -> bool:
+    """True on every rank when `flag` is true on any rank (one tiny all-reduce; `device` as the backend needs)."""
+    if world_size() == 1:
+        return flag
+    value = torch.tensor([1 if flag else 0], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())

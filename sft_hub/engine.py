@@ -122,6 +122,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
             (run_dir / recipe.strategy.saved_as).mkdir(parents=True, exist_ok=True)
             save_file(head, str(run_dir / recipe.strategy.saved_as / HEAD_FILE))
     else:
+        distributed.gather_final_save(trainer.accelerator)
         trainer.save_model(str(run_dir / recipe.strategy.saved_as))  # gathers FSDP/DeepSpeed shards; rank 0 writes
     manifest = None
     if args.should_save:
