@@ -4,7 +4,8 @@
   flushed; rotation (`save_total_limit`) then deletes old complete ones, never the newest one.
 - `MetricsLog`: every log record goes to `<run>/metrics.jsonl` (rank 0).
 - `GracefulStop`: SIGTERM (preemption) asks Trainer to save a checkpoint at the end of the current
-  step and stop; a second SIGTERM exits at once (the checkpoint being written stays unmarked).
+  step and stop; a second SIGTERM (more than 5 s later: not the same preemption delivered twice) exits
+  at once (the checkpoint being written stays unmarked). All ranks stop after the same step.
 - `NonFiniteGuard`: a NaN/inf loss stops the run naming the step, or with `nonfinite_loss: skip` the
   step's update is dropped and counted, up to a limit.
 """
@@ -15,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -24,6 +26,7 @@ from sft_hub import distributed, runs
 from sft_hub.errors import SftHubError
 
 log = logging.getLogger("sft_hub")
+DUPLICATE_SIGNAL_S = 5.0
 
 
 class NonFiniteLoss(SftHubError):
@@ -69,15 +72,20 @@ class EpochSeeds(TrainerCallback):
 class GracefulStop(TrainerCallback):
     def __init__(self):
         self.requested = False
+        self._first = 0.0
         self._previous = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
-        if self.requested:  # second signal: stop now, whatever is being written stays incomplete
+        # A second signal stops at once (whatever is being written stays incomplete), unless it is the same
+        # preemption delivered twice: SLURM signals every process of a job step and torchrun forwards too.
+        if self.requested and time.monotonic() - self._first > DUPLICATE_SIGNAL_S:
             os._exit(143)
-        self.requested = True
+        if self.requested:
+            return
+        self.requested, self._first = True, time.monotonic()
         log.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -11,6 +11,9 @@ It is sft-hub's own CLI with two test-only additions:
 - Faults, from `SFT_HUB_FAULT=kill_after_complete:N`: right after global rank 0 marks checkpoint-N
   complete, SIGKILL its launcher and every rank that launcher started (each rank runs in its own
   process group, so this walks /proc), as a machine that loses power.
+  `SFT_HUB_FAULT=pause_at_step:N:FILE`: global rank 0 creates FILE at the end of step N and waits there
+  until a SIGTERM reaches it (the test sends one, as SLURM would on preemption), so the signal lands
+  mid-run at a known step whatever the machine's speed.
 """
 
 from __future__ import annotations
@@ -64,6 +67,25 @@ if _fault.startswith("kill_after_complete:"):
             _kill_job()
 
     runs.mark_complete = _mark_then_die
+
+if _fault.startswith("pause_at_step:"):
+    import time
+    from pathlib import Path
+
+    from sft_hub import callbacks
+
+    _, _at, _file = _fault.split(":", 2)
+    _on_step_end = callbacks.GracefulStop.on_step_end
+
+    def _pause_then_stop(self, args, state, control, **kwargs):
+        if state.global_step == int(_at) and state.is_world_process_zero:
+            Path(_file).touch()
+            deadline = time.monotonic() + 300
+            while not self.requested and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return _on_step_end(self, args, state, control, **kwargs)
+
+    callbacks.GracefulStop.on_step_end = _pause_then_stop
 
 if __name__ == "__main__":
     from sft_hub.cli import main
