@@ -174,3 +174,9 @@ def any_rank(flag: bool, device: Any = "cpu") -> bool:
     value = torch.tensor([1 if flag else 0], device=device)
     torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
     return bool(value.item())
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    """{"total", "trainable"} counted over whole parameters (a ZeRO-3 partition holds 0 elements locally)."""
+    params = list(model.parameters())
+    return {"total": sum(numel(p) for p in params), "trainable": sum(numel(p) for p in params if p.requires_grad)}

@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from datasets import IterableDataset
 from safetensors.torch import save_file
 from transformers import set_seed
 
-from sft_hub import distributed, runs
+from sft_hub import distributed, runs, streaming
 from sft_hub.base_model import files_sha256
 from sft_hub.callbacks import CompleteCheckpoints, EpochSeeds, GracefulStop, MetricsLog, NonFiniteGuard
 from sft_hub.config import Recipe
@@ -25,7 +26,7 @@ from sft_hub.errors import RunError
 from sft_hub.hub import write_model_card
 from sft_hub.manifest import build_manifest
 from sft_hub.sampling import EngineTrainer
-from sft_hub.strategies import HEAD_FILE, apply_strategy, count_parameters, frozen_params
+from sft_hub.strategies import HEAD_FILE, apply_strategy, frozen_params
 from sft_hub.tasks import get_task
 from sft_hub.training_args import build_training_args
 
@@ -58,6 +59,10 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
     keep = training.pop("save_total_limit", None)  # rotation is ours: it never deletes the last complete checkpoint
     seed = int(training.get("seed", 42))
     data = task.load_data(recipe.data, seed)  # bad data fails here, before any model is loaded
+    streamed = isinstance(data.splits[data.train_split], IterableDataset)
+    if streamed:  # positions are restored from the checkpoint, not re-read; they live in this process
+        streaming.check_training(training)
+        training.update(ignore_data_skip=True, dataloader_num_workers=0)
     args = build_training_args(training, run_dir, remove_unused_columns=False)
     checkpoint = _prepare_run_dir(recipe, data, args, overwrite, resume)
 
@@ -80,17 +85,24 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
     guard = NonFiniteGuard(make_loss(data.is_regression), recipe.engine.nonfinite_loss, recipe.engine.max_nonfinite_skips)
     stop = GracefulStop()
     collator = task.collator(processor, recipe.data)
-    seeded = [t for t in (collator, encoded[data.train_split].format["format_kwargs"].get("transform")) if hasattr(t, "set_epoch")]
+    train_set = encoded[data.train_split]
+    seeded = [t for t in (collator, getattr(train_set, "format", {}).get("format_kwargs", {}).get("transform")) if hasattr(t, "set_epoch")]
+    callbacks = [CompleteCheckpoints(run_dir, keep), MetricsLog(run_dir / runs.METRICS_LOG), stop, EpochSeeds(seeded, seed)]
+    if streamed:
+        train_set = streaming.TrainStream(train_set, args.process_index, args.world_size)
+        if checkpoint:
+            train_set.restore(checkpoint)
+        callbacks.insert(0, streaming.StreamPosition(train_set, run_dir))  # written before the checkpoint is marked complete
     trainer = EngineTrainer(
         model=model,
         args=args,
-        train_dataset=encoded[data.train_split],
+        train_dataset=train_set,
         eval_dataset=(eval_sets if len(eval_sets) > 1 else next(iter(eval_sets.values()), None)),
         data_collator=collator,
         compute_metrics=task.metrics(recipe.data, data.labels),
         compute_loss_func=guard,
         processing_class=processor if hasattr(processor, "model_input_names") else None,
-        callbacks=[CompleteCheckpoints(run_dir, keep), MetricsLog(run_dir / runs.METRICS_LOG), stop, EpochSeeds(seeded, seed)],
+        callbacks=callbacks,
     )
     guard.state = trainer.state
     distributed.prepare_fsdp(trainer.accelerator, model)
@@ -129,7 +141,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True) ->
         task.save_processor(processor, run_dir / "processor")
         (run_dir / recipe.strategy.saved_as / "training_args.bin").unlink(missing_ok=True)
         runs.share_like_umask(run_dir / recipe.strategy.saved_as)
-        manifest = build_manifest(recipe, built, base, data, frozen_before, trained_sha, count_parameters(model),
+        manifest = build_manifest(recipe, built, base, data, frozen_before, trained_sha, distributed.parameter_counts(model),
                                   metrics, train_out.metrics, args, task)
         manifest["nonfinite_skipped"] = guard.skipped
         runs.write_json(run_dir / runs.EVAL_RESULTS, metrics)

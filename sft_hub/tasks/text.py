@@ -56,6 +56,8 @@ class DataConfig:
     max_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    streaming: bool = False  # stream the train split (source or dataset); needs training.max_steps
+    labels: list[str] | None = None  # class names in id order, for streamed data that does not declare them
 
     def validate(self, where: str) -> None:
         sources = [k for k in ("glue", "builtin", "dataset", "source") if getattr(self, k)]
@@ -84,6 +86,12 @@ class DataConfig:
             raise ConfigError(f"{where}.validation_fraction: must be between 0 and 1, got {self.validation_fraction}")
         if self.max_length < 1:
             raise ConfigError(f"{where}.max_length: must be >= 1, got {self.max_length}")
+        if self.streaming:
+            if not (self.source or self.dataset):
+                raise ConfigError(f"{where}.streaming: only for source + data_files or a Hub dataset")
+            for name in ("validation_fraction", "max_train_samples"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{where}.{name}: not available with streaming (use training.max_steps)")
 
 
 def _select_text_columns(splits: DatasetDict, data: DataConfig, origin: str) -> DatasetDict:
@@ -103,6 +111,8 @@ def _select_text_columns(splits: DatasetDict, data: DataConfig, origin: str) -> 
 
 def load_data(data: DataConfig, seed: int) -> TaskData:
     labels: list[str] | None
+    if data.streaming:
+        return _load_stream(data)
     if data.glue:
         splits = glue.load_local(data.glue, Path(data.data_dir)) if data.data_dir else glue.load_hub(data.glue, data.dataset_revision)
         spec = glue.TASKS[data.glue]
@@ -129,6 +139,48 @@ def load_data(data: DataConfig, seed: int) -> TaskData:
     return TaskData(splits=splits, train_split=train_split, eval_splits=evals, labels=labels)
 
 
+def _load_stream(data: DataConfig) -> TaskData:
+    """A streamed train split and in-memory eval splits, with the map-style path's columns and labels."""
+    from datasets import ClassLabel, load_dataset
+
+    from sft_hub import streaming
+
+    if data.source:
+        streams, origin = streaming.open_files(data.source, data.data_files), "data_files"
+    else:
+        streams = dict(load_dataset(data.dataset, data.dataset_config, revision=data.dataset_revision, streaming=True))
+        origin = f"dataset {data.dataset}"
+    if data.train_split not in streams:
+        raise DataError(f"data.train_split: split {data.train_split!r} not found; splits are {', '.join(streams)}")
+    evals = data.eval_splits if data.eval_splits is not None else [s for s in label_utils.EVAL_NAMES if s in streams][:1]
+    for name in evals:
+        if name not in streams:
+            raise DataError(f"data.eval_splits: split {name!r} not found; splits are {', '.join(streams)}")
+    feature = (streams[data.train_split].features or {}).get(data.label_column)
+    labels = None if data.problem_type == "regression" else data.labels or (list(feature.names) if isinstance(feature, ClassLabel) else None)
+    if labels is None and data.problem_type != "regression":
+        raise ConfigError("data.labels: required with streaming (the class names in id order), unless the dataset declares them "
+                          "or problem_type is regression")
+    first = next(iter(streams[data.train_split]), None)
+    if first is None:
+        raise DataError(f"data: split {data.train_split!r} is empty")
+    rename = {data.text_columns[0]: "text_a", data.label_column: "raw_label", **({data.text_columns[1]: "text_b"} if len(data.text_columns) > 1 else {})}
+    for col in rename:
+        if col not in first:
+            what = "label_column" if col == data.label_column else "text_columns"
+            raise DataError(f"data.{what}: column {col!r} not in {origin} split {data.train_split!r}; columns are {', '.join(first)}")
+    splits = {}
+    for name in [data.train_split, *evals]:
+        stream = streams[name].select_columns(list(rename)).rename_columns(rename)
+        if name != data.train_split:
+            stream = streaming.materialise(stream, data.max_eval_samples)
+            if len(stream) == 0:
+                raise DataError(f"data: split {name!r} is empty")
+        splits[name] = stream.map(streaming.label_mapper(labels, name), remove_columns=["raw_label"])
+    return TaskData(splits=DatasetDict(splits), train_split=data.train_split, eval_splits=list(evals), labels=labels,
+                    info={"streaming": True})
+
+
 def load_processor(model: ModelConfig, saved: Path | None = None) -> Any:
     source = str(saved) if saved else resolve_source(model.name_or_path)
     return AutoTokenizer.from_pretrained(source, revision=None if saved else model.revision, trust_remote_code=model.trust_remote_code)
@@ -144,8 +196,13 @@ def encode(splits: DatasetDict, processor: Any, data: DataConfig, model: ModelCo
         enc["length"] = [len(ids) for ids in enc["input_ids"]]
         return enc
 
-    drop = [c for c in ("text_a", "text_b") if c in next(iter(splits.values())).column_names]
-    return DatasetDict({name: ds.map(tokenize, batched=True, remove_columns=drop, desc=f"tokenizing {name}") for name, ds in splits.items()})
+    out = {}
+    for name, ds in splits.items():  # a streamed split (IterableDataset) may not know its columns before reading
+        columns = ds.column_names or ["text_a", "text_b"][:len(data.text_columns or ["text_a"])]
+        drop = [c for c in ("text_a", "text_b") if c in columns]
+        progress = {"desc": f"tokenizing {name}"} if isinstance(ds, Dataset) else {}
+        out[name] = ds.map(tokenize, batched=True, remove_columns=drop, **progress)
+    return DatasetDict(out)
 
 
 def collator(processor: Any, data: DataConfig):

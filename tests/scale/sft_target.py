@@ -30,12 +30,22 @@ from sft_hub import runs
 _original_init = AcceleratorState.__init__
 
 
-def _init(self, *args, fsdp_plugin=None, **kwargs):
-    _original_init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
-    if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+def _init(self, *args, fsdp_plugin=None, deepspeed_plugin=None, **kwargs):
+    _original_init(self, *args, fsdp_plugin=fsdp_plugin, deepspeed_plugin=deepspeed_plugin, **kwargs)
+    if self.distributed_type != DistributedType.MULTI_CPU:
+        return
+    if fsdp_plugin is not None:
         self.distributed_type = DistributedType.FSDP
         self.fsdp_plugin = fsdp_plugin
-        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    elif deepspeed_plugin is not None:  # as AcceleratorState does for GPUs (DeepSpeed runs its ZeRO stages on gloo)
+        self.distributed_type = DistributedType.DEEPSPEED
+        deepspeed_plugin.set_mixed_precision(self._mixed_precision)
+        deepspeed_plugin.select(_from_accelerator_state=True)
+        self.deepspeed_plugins = deepspeed_plugin
+        self._mixed_precision = "no"
+    else:
+        return
+    PartialState._shared_state["distributed_type"] = self.distributed_type
 
 
 AcceleratorState.__init__ = _init
