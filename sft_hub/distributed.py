@@ -104,8 +104,15 @@ def barrier() -> None:
 
 def prepare_fsdp(accelerator: Any, model: torch.nn.Module) -> None:
     """Work around two accelerate 1.15 FSDP2 faults before the Trainer prepares `model` (no-op without FSDP)."""
-    if getattr(accelerator.state, "fsdp_plugin", None) is None:
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if plugin is None:
         return
+    if plugin.cpu_ram_efficient_loading and not any_rank(any(p.is_meta for p in model.parameters()), accelerator.device):
+        # Every rank already holds the same weights (a base built from its config with the run's seed, or one
+        # loaded by every rank), so there is nothing to broadcast; and accelerate 1.15's broadcast
+        # (`fsdp2_load_full_state_dict`) fails on buffers such as BatchNorm's: "'Tensor' object has no
+        # attribute 'device_mesh'".
+        plugin.cpu_ram_efficient_loading = False
     _give_meta_params_storage(model)
     _wrap_blocks_without_embeddings(accelerator, model)
 
@@ -129,15 +136,18 @@ def _give_meta_params_storage(model: torch.nn.Module) -> None:
 
 
 def _wrap_blocks_without_embeddings(accelerator: Any, model: torch.nn.Module) -> None:
-    """Keep accelerate's FSDP2 auto-wrap from sharding the input embeddings twice.
+    """Choose the blocks accelerate's FSDP2 auto-wrap shards, when the user names none.
 
-    accelerate 1.15 (`fsdp2_prepare_model`) first wraps every `_no_split_modules` block, then gives the
-    input embeddings a unit of their own. Models that list their embeddings block there (BERT, ViT, AST:
-    `BertEmbeddings`, ...) then have the word embeddings' parameters already sharded by that block, and
-    the second `fully_shard` fails with "TypeError: Invariant encountered: value was None when it should
-    not be" (DeviceMesh._concatenate), on GPUs as on CPU. When the user names no classes to wrap
-    (`fsdp_transformer_layer_cls_to_wrap`), wrap the `_no_split_modules` blocks that do not hold the input
-    embeddings; the embeddings then get the unit accelerate carves for them.
+    accelerate 1.15 (`fsdp2_prepare_model`) wraps every `_no_split_modules` block, then gives the input
+    embeddings a unit of their own. Two faults follow, on GPUs as on CPU:
+    - models that list their embeddings block there (BERT, ViT, AST: `BertEmbeddings`, ...) have the
+      word embeddings sharded twice: "TypeError: Invariant encountered: value was None when it should
+      not be" (DeviceMesh._concatenate). Such blocks are left out; the embeddings get accelerate's unit.
+    - `TimmWrapperForImageClassification` lists `TimmWrapperModel`, which it does not contain: "Could not
+      find the transformer layer class TimmWrapperModel in the model". Then the model's repeated blocks
+      (the classes stacked in its Sequential / ModuleList stages: a ResNet's `BasicBlock` / `Bottleneck`)
+      are wrapped instead.
+    With `fsdp_transformer_layer_cls_to_wrap` set, or another policy, nothing is changed.
     """
     plugin = accelerator.state.fsdp_plugin
     if getattr(plugin, "fsdp_version", 1) != 2 or plugin.transformer_cls_names_to_wrap is not None:
@@ -145,14 +155,26 @@ def _wrap_blocks_without_embeddings(accelerator: Any, model: torch.nn.Module) ->
     policy = getattr(plugin.auto_wrap_policy, "func", plugin.auto_wrap_policy)
     if getattr(policy, "__name__", "") != "transformer_auto_wrap_policy":
         return
+    present = {type(m).__name__ for m in model.modules()}
+    blocks = [b for b in getattr(model, "_no_split_modules", None) or [] if b in present] or _repeated_blocks(model)
     try:
         embeddings = model.get_input_embeddings()
     except (AttributeError, NotImplementedError):
-        return
-    blocks = list(getattr(model, "_no_split_modules", None) or [])
-    holding = {type(m).__name__ for m in model.modules() if type(m).__name__ in blocks and any(s is embeddings for s in m.modules())}
-    if holding:
-        plugin.transformer_cls_names_to_wrap = [b for b in blocks if b not in holding]
+        embeddings = None
+    if embeddings is not None:
+        blocks = [b for b in blocks if not any(type(m).__name__ == b and any(s is embeddings for s in m.modules()) for m in model.modules())]
+    plugin.transformer_cls_names_to_wrap = blocks
+
+
+def _repeated_blocks(model: torch.nn.Module) -> list[str]:
+    """Class names of the non-leaf modules stacked (two or more) in the model's Sequential / ModuleList stages."""
+    counts: dict[str, int] = {}
+    for container in model.modules():
+        if isinstance(container, (torch.nn.Sequential, torch.nn.ModuleList)):
+            for child in container.children():
+                if any(True for _ in child.children()) and any(True for _ in child.parameters()):
+                    counts[type(child).__name__] = counts.get(type(child).__name__, 0) + 1
+    return sorted(name for name, n in counts.items() if n >= 2)
 
 
 def gather_final_save(accelerator: Any) -> None:

@@ -77,3 +77,21 @@ def test_fsdp_lora_sigkill_resumes_from_sharded_checkpoint(tiny_bert, tmp_path):
     check_same_as_ddp(tmp_path, out, tmp_path / "ddp", resumed.stderr)
     adapter = saved_weights(out)
     assert {tuple(t.shape) for k, t in adapter.items() if "lora_A" in k} == {(4, 32)}  # r x hidden: gathered
+
+
+def test_fsdp_resnet_full_matches_ddp(tmp_path):
+    """A timm ResNet (TimmWrapper names a block it does not contain; BatchNorm buffers): its repeated blocks are wrapped."""
+    from test_image_data import make_folder
+
+    folder = make_folder(tmp_path / "images")
+    raw = {"task": "image_classification", "model": {"name_or_path": "test_resnet", "image_size": 32},
+           "data": {"folder": str(folder), "train_split": "train", "eval_splits": ["val"]}, "strategy": {"name": "full"},
+           "training": {"max_steps": 4, "per_device_train_batch_size": 4, "optim": "sgd", "learning_rate": 0.1, "save_strategy": "no",
+                        "logging_steps": 1, "disable_tqdm": True, "seed": 0, "dataloader_num_workers": 0}}
+    for name, launch in (("ddp", ddp), ("fsdp", fsdp)):
+        proc = launch(write_recipe(tmp_path / f"{name}.yaml", {**raw, "training": {**raw["training"], "output_dir": str(tmp_path / name)}}))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert len(set(rank_shas(proc.stderr).values())) == 1
+    diff = max_diff(saved_weights(tmp_path / "fsdp"), saved_weights(tmp_path / "ddp"))
+    print(f"resnet: max |FSDP - DDP| = {diff:.3g}")
+    assert diff < TOLERANCE
