@@ -129,12 +129,7 @@ class DataConfig:
 
 
 def load_data(data: DataConfig, seed: int) -> TaskData:
-    if data.dataset:
-        raw = audio_sources.from_hub(data, audio_sources.LABEL)
-    elif data.source == "audiofolder":
-        raw = audio_sources.from_audiofolder(data, audio_sources.LABEL)
-    else:
-        raw = audio_sources.from_filenames(data, data.train_split, audio_sources.LABEL)
+    raw = audio_sources.read(data, audio_sources.LABEL)
     splits, train, evals = label_utils.choose_splits(raw, data.train_split, data.eval_splits, data.validation_fraction, seed)
     multi = data.problem_type == label_utils.MULTI_LABEL
     if multi:

@@ -69,6 +69,15 @@ def _check_patterns(data: Any, where: str, target: Target) -> None:
                 raise ConfigError(f"{where}.{key}: invalid regular expression {pattern!r}: {exc}") from None
 
 
+def read(data: Any, target: Target) -> DatasetDict:
+    """The recipe's one source (checked by `check_source`) as splits with `audio` and `target.column`."""
+    if data.dataset:
+        return from_hub(data, target)
+    if data.source == "audiofolder":
+        return from_audiofolder(data, target)
+    return from_filenames(data, data.train_split, target)
+
+
 def from_hub(data: Any, target: Target) -> DatasetDict:
     try:
         raw = load_dataset(data.dataset, data.dataset_config, data_dir=data.data_dir, revision=data.dataset_revision)

@@ -93,12 +93,7 @@ class DataConfig:
 
 def load_data(data: DataConfig, seed: int) -> TaskData:
     """Splits with `audio`, `text` (normalised) and `labels` (character ids); `TaskData.labels` is the vocabulary."""
-    if data.dataset:
-        raw = audio_sources.from_hub(data, speech_data.TEXT)
-    elif data.source == "audiofolder":
-        raw = audio_sources.from_audiofolder(data, speech_data.TEXT)
-    else:
-        raw = audio_sources.from_filenames(data, data.train_split, speech_data.TEXT)
+    raw = audio_sources.read(data, speech_data.TEXT)
     raw = speech_data.normalise_splits(raw, data)
     splits, train, evals = label_utils.choose_splits(raw, data.train_split, data.eval_splits, data.validation_fraction, seed)
     for name in [train, *evals]:
