@@ -57,13 +57,13 @@ def training_args(recipe, epochs: int):
 
 
 def sft_hub_side(recipe):
-    """(train dataset, collator, feature extractor, labels) exactly as the engine builds them."""
+    """(train dataset, collator) exactly as the engine builds them."""
     from sft_hub.tasks import audio
 
     data = audio.load_data(recipe.data, seed=42)
     fe = audio.load_processor(recipe.model)
     encoded = audio.encode(data.splits, fe, recipe.data, recipe.model, data.train_split)
-    return encoded[data.train_split], audio.collator(fe, recipe.data), data.labels
+    return encoded[data.train_split], audio.collator(fe, recipe.data)
 
 
 def baseline_side(recipe, paths: list[str], label_ids: list[int]):
@@ -105,6 +105,22 @@ def passes(loader, count: int) -> list[float]:
     return out
 
 
+def pipeline_round(make, args, extra_key: str, times: list[tuple[float, float]]):
+    """One side's round: `make()` -> (train dataset, extra), the Trainer's train DataLoader (extra passed as
+    `extra_key`) iterated twice. Appends (setup + first pass, second pass) seconds to `times`; returns
+    (dataset, extra, setup seconds) for the training measurement."""
+    import torch
+    from transformers import Trainer
+
+    start = time.process_time()
+    ds, extra = make()
+    setup = time.process_time() - start
+    loader = Trainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=ds, **{extra_key: extra}).get_train_dataloader()
+    first, second = passes(loader, 2)
+    times.append((setup + first, second))
+    return ds, extra, setup
+
+
 def identical_decoding(paths: list[str], recipe) -> str:
     """How many clips sft-hub's decoding (libsndfile for 16-bit PCM at the target rate) gives exactly as FFmpeg does."""
     import numpy as np
@@ -136,34 +152,18 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     recipe = load_recipe(a.recipe, [f"data.data_dir={folder}", f"training.output_dir={tempfile.mkdtemp()}"])
     args = training_args(recipe, a.epochs)
-    pipe: dict[str, list[float]] = {"sft-hub": [], "baseline": []}
-    later: dict[str, list[float]] = {"sft-hub": [], "baseline": []}
+    times: dict[str, list[tuple[float, float]]] = {"sft-hub": [], "baseline": []}  # (setup + first pass, a later pass) per round
     prepared = {}
     for _ in range(a.rounds):
-        start = time.process_time()
-        train_ds, collate, labels = sft_hub_side(recipe)
-        setup = time.process_time() - start
-        loader = Trainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=train_ds, data_collator=collate).get_train_dataloader()
-        first, second = passes(loader, 2)
-        pipe["sft-hub"].append(setup + first)
-        later["sft-hub"].append(second)
-        prepared["sft-hub"] = (train_ds, collate, setup)
-
+        prepared["sft-hub"] = pipeline_round(lambda: sft_hub_side(recipe), args, "data_collator", times["sft-hub"])
         paths = [v["path"] for v in audio.load_data(recipe.data, seed=42).splits["train"]["audio"]]
         ids = [int(Path(p).name.split("_")[0]) for p in paths]
-        start = time.process_time()
-        base_ds, fe = baseline_side(recipe, paths, ids)
-        setup = time.process_time() - start
-        loader = Trainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=base_ds, processing_class=fe).get_train_dataloader()
-        first, second = passes(loader, 2)
-        pipe["baseline"].append(setup + first)
-        later["baseline"].append(second)
-        prepared["baseline"] = (base_ds, fe, setup)
+        prepared["baseline"] = pipeline_round(lambda: baseline_side(recipe, paths, ids), args, "processing_class", times["baseline"])
 
     n = len(prepared["sft-hub"][0])
     same = identical_decoding(paths[:a.check_clips], recipe)
-    rows = {"input pipeline, first pass": {k: n / min(v) for k, v in pipe.items()},
-            "input pipeline, later passes": {k: n / min(v) for k, v in later.items()}}
+    rows = {"input pipeline, first pass": {k: n / min(t[0] for t in v) for k, v in times.items()},
+            "input pipeline, later passes": {k: n / min(t[1] for t in v) for k, v in times.items()}}
     if not a.skip_training:
         rates = {}
         for side in ("sft-hub", "baseline"):

@@ -123,6 +123,23 @@ def test_audiofolder_metadata_and_hub_style_dataset_columns(tmp_path: Path) -> N
         speech.load_data(bad, 0)
 
 
+def test_sources_read_with_speech_keys_name_them_in_errors(tmp_path: Path) -> None:
+    """audio_sources serves both audio tasks: with speech's Target, every message names speech's own fields."""
+    with pytest.raises(ConfigError, match=re.escape("data.transcript_regex: required with source filenames, e.g. '^(\\d)_' with a transcript_map")):
+        from_dict(speech.DataConfig, {"source": "filenames", "data_dir": str(tmp_path)}, "data")
+    with pytest.raises(ConfigError, match="data.transcript_map: only used with source filenames"):
+        from_dict(speech.DataConfig, {"source": "audiofolder", "data_dir": str(tmp_path), "transcript_map": {"1": "one"}}, "data")
+    folder = make_word_clips(tmp_path / "c", per_word=6)
+    with pytest.raises(DataError, match=r"data.transcript_map: no entry for '7' \(from file .*7_tone_0\.wav\); keys are 1$"):
+        speech.load_data(data_cfg(folder, transcript_map={"1": "one"}), 0)
+    write_clip(folder / "noise.wav", "1", 0.2, seed=0)
+    with pytest.raises(DataError, match=r"data.transcript_regex: file .*noise\.wav does not match '\^\(\\\\d\)_'"):
+        speech.load_data(data_cfg(folder), 0)
+    cfg = from_dict(speech.DataConfig, {"source": "audiofolder", "data_dir": str(folder)}, "data")  # no metadata file
+    with pytest.raises(DataError, match=re.escape(f"data.text_column: column 'text' not in audiofolder {folder} (transcripts come from its metadata.csv/.jsonl) split 'train'")):
+        speech.load_data(cfg, 0)
+
+
 def test_collator_pads_inputs_and_labels_separately(clips: Path) -> None:
     d, m = data_cfg(clips), model_cfg()
     data = speech.load_data(d, 0)

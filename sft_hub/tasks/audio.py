@@ -2,7 +2,8 @@
 
 Models: any `AutoModelForAudioClassification` (wav2vec2, HuBERT, WavLM, AST, Whisper encoder, ...) from the
 Hub or a local folder, or, with a model type as `name_or_path`, built from `config` (random weights seeded
-by `init_seed`) with that type's feature extractor built from `feature_extractor`. Data: see `audio_data`.
+by `init_seed`) with that type's feature extractor built from `feature_extractor`. Data: see `audio_sources`
+(where clips come from) and `audio_data` (file checks, decoding).
 Clips are decoded and resampled once to the feature extractor's `sampling_rate`; whole-clip features are
 cached by `datasets`. With `max_duration`, training clips are cached as waveforms instead and the collator
 crops a random window of at most `max_duration` seconds and extracts features per batch (a new crop each epoch).
@@ -29,7 +30,7 @@ from sft_hub.model_info import ModelInfo, describe, top_level_head
 from sft_hub.schema import unknown_key
 from sft_hub.errors import ConfigError, DataError
 from sft_hub.metrics import MultiLabelMetrics, make_compute_metrics
-from sft_hub.tasks import audio_data
+from sft_hub.tasks import audio_data, audio_sources
 from sft_hub.tasks import labels as label_utils
 from sft_hub.tasks import seeding
 from sft_hub.tasks.base import BuiltModel, TaskData
@@ -123,32 +124,12 @@ class DataConfig:
     max_eval_samples: int | None = None
 
     def validate(self, where: str) -> None:
-        sources = [k for k in ("dataset", "source") if getattr(self, k)]
-        if len(sources) != 1:
-            raise ConfigError(f"{where}: give exactly one of dataset or source (got {sources or 'none'})")
-        if self.source and not self.data_dir:
-            raise ConfigError(f"{where}.data_dir: required with source {self.source} (the folder of audio files)")
-        if self.source == "filenames" and not self.label_regex:
-            raise ConfigError(f"{where}.label_regex: required with source filenames, e.g. '^(\\d+)_' for '7_jackson_3.wav'")
-        if self.source != "filenames":
-            for key in ("label_regex", "split_regex"):
-                if getattr(self, key):
-                    raise ConfigError(f"{where}.{key}: only used with source filenames")
-        audio_data.check_patterns(self, where)
-        if self.max_duration is not None and self.max_duration <= 0:
-            raise ConfigError(f"{where}.max_duration: must be > 0 seconds, got {self.max_duration}")
-        if self.validation_fraction is not None and not 0 < self.validation_fraction < 1:
-            raise ConfigError(f"{where}.validation_fraction: must be between 0 and 1, got {self.validation_fraction}")
+        audio_sources.check_source(self, where, audio_sources.LABEL)
         label_utils.check_label_options(self, where)
 
 
 def load_data(data: DataConfig, seed: int) -> TaskData:
-    if data.dataset:
-        raw = audio_data.from_hub(data)
-    elif data.source == "audiofolder":
-        raw = audio_data.from_audiofolder(data)
-    else:
-        raw = audio_data.from_filenames(data, data.train_split)
+    raw = audio_sources.read(data, audio_sources.LABEL)
     splits, train, evals = label_utils.choose_splits(raw, data.train_split, data.eval_splits, data.validation_fraction, seed)
     multi = data.problem_type == label_utils.MULTI_LABEL
     if multi:

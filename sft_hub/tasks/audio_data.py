@@ -1,17 +1,14 @@
-"""Audio data for the speech task: finding clips, checking every file, and decoding through `datasets`' `Audio`.
+"""Audio clips for both audio tasks: checking every file, decoding through `datasets`' `Audio`, listing inputs.
 
-Sources (one per recipe): a Hub dataset, a local `audiofolder` (class folders or a metadata file), or a
-folder of files whose label is in the file name (`label_regex`) with splits chosen by `split_regex`.
-Every source becomes splits with an `audio` column (`Audio(decode=False)`: a path or bytes, never decoded
-here) and a `raw_label` column. `check_files` opens every clip's header once: an empty, unreadable or
-sample-less file is an error naming the file, or is skipped and counted when `on_bad_file: skip`.
-`decode` turns one clip into mono float32 at the feature extractor's rate: torchcodec (FFmpeg) decodes
-and resamples through `datasets.Audio(sampling_rate=...)`; channels are averaged.
+Where the clips come from (Hub, audiofolder, file names): `audio_sources`; every source gives splits with an
+`audio` column (`Audio(decode=False)`: a path or bytes, never decoded there). `check_files` opens every clip's
+header once: an empty, unreadable or sample-less file is an error naming the file, or is skipped and counted
+when `on_bad_file: skip`. `decode` turns one clip into mono float32 at the feature extractor's rate: torchcodec
+(FFmpeg) decodes and resamples through `datasets.Audio(sampling_rate=...)`; channels are averaged.
 """
 
 from __future__ import annotations
 
-import glob
 import io
 import os
 import re
@@ -20,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from datasets import Audio, Dataset, DatasetDict, load_dataset
+from datasets import Audio, DatasetDict
 
-from sft_hub.errors import ConfigError, DataError
+from sft_hub.errors import DataError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aiff", ".aif", ".webm")
 FFMPEG_HINT = "audio decoding needs torchcodec and FFmpeg: pip install 'sft-hub[audio]' and install FFmpeg (apt-get install ffmpeg)"
@@ -42,83 +39,6 @@ def name_of(value: Any) -> str:
     if isinstance(value, dict):
         return value.get("path") or "<embedded audio bytes>"
     return str(getattr(getattr(value, "metadata", None), "path", None) or value)
-
-
-def from_hub(data: Any) -> DatasetDict:
-    try:
-        raw = load_dataset(data.dataset, data.dataset_config, data_dir=data.data_dir, revision=data.dataset_revision)
-    except Exception as exc:  # offline, unknown id, script datasets: one line naming the dataset
-        raise DataError(f"data.dataset: cannot load {data.dataset!r}: {str(exc).splitlines()[0]}") from None
-    return _select_columns(raw, data, f"dataset {data.dataset}")
-
-
-def from_audiofolder(data: Any) -> DatasetDict:
-    folder = _existing_dir(data.data_dir)
-    try:
-        raw = load_dataset("audiofolder", data_dir=str(folder))
-    except Exception as exc:
-        raise DataError(f"data.data_dir: cannot read {folder} as an audiofolder: {str(exc).splitlines()[0]}") from None
-    return _select_columns(raw, data, f"audiofolder {folder}")
-
-
-def from_filenames(data: Any, train_split: str) -> DatasetDict:
-    """Files under data_dir matching `file_glob`; label from `label_regex`, split from `split_regex` (else train)."""
-    folder = _existing_dir(data.data_dir)
-    # strings sorted part by part (as Path sorts them): comparing Path objects cost ~1 ms a file on a busy machine
-    files = [Path(f) for f in sorted(glob.glob(os.path.join(glob.escape(str(folder)), data.file_glob), recursive=True), key=lambda f: f.split(os.sep)) if os.path.isfile(f)]
-    if not files:
-        raise DataError(f"data.file_glob: no files match {data.file_glob!r} in {folder}")
-    label_re = re.compile(data.label_regex)
-    split_res = {name: re.compile(rx) for name, rx in (data.split_regex or {}).items()}
-    rows: dict[str, dict[str, list]] = {}
-    for path in files:
-        match = label_re.search(path.name)
-        if not match:
-            raise DataError(f"data.label_regex: file {path} does not match {data.label_regex!r}")
-        label = match.group("label") if "label" in label_re.groupindex else match.group(1 if label_re.groups else 0)
-        splits = [name for name, rx in split_res.items() if rx.search(path.name)]
-        if len(splits) > 1:
-            raise DataError(f"data.split_regex: file {path} matches the patterns of several splits ({', '.join(splits)})")
-        split = rows.setdefault(splits[0] if splits else train_split, {"audio": [], "raw_label": []})
-        split["audio"].append(str(path.resolve()))
-        split["raw_label"].append(label)
-    for name in split_res:
-        if name not in rows:
-            raise DataError(f"data.split_regex.{name}: no file in {folder} matches {data.split_regex[name]!r}")
-    out = {name: Dataset.from_dict(cols).cast_column("audio", Audio(decode=False)) for name, cols in rows.items()}
-    return DatasetDict(out)
-
-
-def check_patterns(data: Any, where: str) -> None:
-    """Every regular expression of a filenames source compiles (a config error naming the field otherwise)."""
-    patterns = {"label_regex": data.label_regex, **{f"split_regex.{k}": v for k, v in (data.split_regex or {}).items()}}
-    for key, pattern in patterns.items():
-        if pattern is not None:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ConfigError(f"{where}.{key}: invalid regular expression {pattern!r}: {exc}") from None
-
-
-def _existing_dir(path: str | None) -> Path:
-    folder = Path(path or "")
-    if not path or not folder.is_dir():
-        raise DataError(f"data.data_dir: folder {path} not found")
-    return folder
-
-
-def _select_columns(raw: DatasetDict, data: Any, origin: str) -> DatasetDict:
-    out = {}
-    for split, ds in raw.items():
-        for col, key in ((data.audio_column, "audio_column"), (data.label_column, "label_column")):
-            if col not in ds.column_names:
-                raise DataError(f"data.{key}: column {col!r} not in {origin} split '{split}'; columns are {', '.join(ds.column_names)}")
-        ds = ds.select_columns([data.audio_column, data.label_column])
-        ds = ds.rename_columns({data.audio_column: "audio", data.label_column: "raw_label"})
-        if not isinstance(ds.features["audio"], Audio):
-            raise DataError(f"data.audio_column: column {data.audio_column!r} of {origin} holds {ds.features['audio']}, not audio")
-        out[split] = ds.cast_column("audio", Audio(decode=False))
-    return DatasetDict(out)
 
 
 def probe(value: dict) -> tuple[str | None, int | None, float | None]:

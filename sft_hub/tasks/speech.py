@@ -15,7 +15,6 @@ Hooks beyond the audio-classification task that the engine and inference use whe
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CTC_MAPPING_NAMES a
 from sft_hub.base_model import BaseRef, resolve_source, weight_files
 from sft_hub.schema import unknown_key
 from sft_hub.errors import ConfigError, DataError
-from sft_hub.tasks import audio, audio_data, ctc, speech_data
+from sft_hub.tasks import audio, audio_data, audio_sources, ctc, speech_data
 from sft_hub.tasks import labels as label_utils
 from sft_hub.model_info import ModelInfo
 from sft_hub.tasks.base import BuiltModel, TaskData
@@ -87,39 +86,14 @@ class DataConfig:
     max_eval_samples: int | None = None
 
     def validate(self, where: str) -> None:
-        sources = [k for k in ("dataset", "source") if getattr(self, k)]
-        if len(sources) != 1:
-            raise ConfigError(f"{where}: give exactly one of dataset or source (got {sources or 'none'})")
-        if self.source and not self.data_dir:
-            raise ConfigError(f"{where}.data_dir: required with source {self.source} (the folder of audio files)")
-        if self.source == "filenames" and not self.transcript_regex:
-            raise ConfigError(f"{where}.transcript_regex: required with source filenames, e.g. '^(\\d)_' with a transcript_map")
-        if self.source != "filenames":
-            for key in ("transcript_regex", "transcript_map", "split_regex"):
-                if getattr(self, key):
-                    raise ConfigError(f"{where}.{key}: only used with source filenames")
-        patterns = {"transcript_regex": self.transcript_regex, **{f"split_regex.{k}": v for k, v in (self.split_regex or {}).items()}}
-        for key, pattern in patterns.items():
-            try:
-                re.compile(pattern or "")
-            except re.error as exc:
-                raise ConfigError(f"{where}.{key}: invalid regular expression {pattern!r}: {exc}") from None
+        audio_sources.check_source(self, where, speech_data.TEXT)
         if len(self.word_delimiter) != 1 or self.word_delimiter.isspace():
             raise ConfigError(f"{where}.word_delimiter: one visible character, got {self.word_delimiter!r}")
-        if self.max_duration is not None and self.max_duration <= 0:
-            raise ConfigError(f"{where}.max_duration: must be > 0 seconds, got {self.max_duration}")
-        if self.validation_fraction is not None and not 0 < self.validation_fraction < 1:
-            raise ConfigError(f"{where}.validation_fraction: must be between 0 and 1, got {self.validation_fraction}")
 
 
 def load_data(data: DataConfig, seed: int) -> TaskData:
     """Splits with `audio`, `text` (normalised) and `labels` (character ids); `TaskData.labels` is the vocabulary."""
-    if data.dataset:
-        raw = speech_data.from_hub(data)
-    elif data.source == "audiofolder":
-        raw = speech_data.from_audiofolder(data)
-    else:
-        raw = speech_data.from_filenames(data, data.train_split)
+    raw = audio_sources.read(data, speech_data.TEXT)
     raw = speech_data.normalise_splits(raw, data)
     splits, train, evals = label_utils.choose_splits(raw, data.train_split, data.eval_splits, data.validation_fraction, seed)
     for name in [train, *evals]:

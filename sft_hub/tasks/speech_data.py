@@ -1,10 +1,10 @@
 """Speech recognition data: transcript sources, text normalisation, and the character vocabulary.
 
-Sources (one per recipe), each giving splits with an `audio` column (`Audio(decode=False)`) and a `raw_text`
-column: a Hub dataset (`audio_column`, `text_column`), a local `audiofolder` whose metadata file
-(metadata.csv / .jsonl, one row per `file_name`) holds the transcripts, or a folder of files whose
-transcript comes from the file name (`transcript_regex`, optionally mapped through `transcript_map`:
-FSDD's `7_jackson_3.wav` -> "7" -> "seven").
+Sources (one per recipe, read by `audio_sources` with the `TEXT` target), each giving splits with an `audio`
+column (`Audio(decode=False)`) and a `raw_text` column: a Hub dataset (`audio_column`, `text_column`), a local
+`audiofolder` whose metadata file (metadata.csv / .jsonl, one row per `file_name`) holds the transcripts, or a
+folder of files whose transcript comes from the file name (`transcript_regex`, optionally mapped through
+`transcript_map`: FSDD's `7_jackson_3.wav` -> "7" -> "seven").
 
 Transcripts are normalised as the recipe says (case, characters to drop, whitespace collapsed); one that is
 empty afterwards is an error naming the split, row and file. The vocabulary is built from the normalised
@@ -15,17 +15,19 @@ a space), then every character seen, sorted. It is the run's label list, saved a
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from datasets import Audio, Dataset, DatasetDict, load_dataset
+from datasets import DatasetDict
 
 from sft_hub.errors import DataError
-from sft_hub.tasks.audio_data import _existing_dir, name_of
+from sft_hub.tasks.audio_data import name_of
+from sft_hub.tasks.audio_sources import Target
 
+TEXT = Target("text_column", "transcript_regex", "text", "raw_text", "'^(\\d)_' with a transcript_map", map_key="transcript_map",
+              audiofolder_note=" (transcripts come from its metadata.csv/.jsonl)")
 PAD, UNK = "[PAD]", "[UNK]"
 BLANK_ID = 0  # [PAD] doubles as the CTC blank, as in transformers' wav2vec2 CTC models (pad_token_id)
 
@@ -65,68 +67,6 @@ def make_tokenizer(vocab: list[str], delimiter: str) -> Any:
         path.write_text(json.dumps({token: i for i, token in enumerate(vocab)}, ensure_ascii=False))
         return Wav2Vec2CTCTokenizer(str(path), unk_token=UNK, pad_token=PAD, word_delimiter_token=delimiter,
                                     bos_token=None, eos_token=None, do_lower_case=False)
-
-
-def from_hub(data: Any) -> DatasetDict:
-    try:
-        raw = load_dataset(data.dataset, data.dataset_config, data_dir=data.data_dir, revision=data.dataset_revision)
-    except Exception as exc:  # offline, unknown id, script datasets: one line naming the dataset
-        raise DataError(f"data.dataset: cannot load {data.dataset!r}: {str(exc).splitlines()[0]}") from None
-    return _select_columns(raw, data, f"dataset {data.dataset}")
-
-
-def from_audiofolder(data: Any) -> DatasetDict:
-    folder = _existing_dir(data.data_dir)
-    try:
-        raw = load_dataset("audiofolder", data_dir=str(folder))
-    except Exception as exc:
-        raise DataError(f"data.data_dir: cannot read {folder} as an audiofolder: {str(exc).splitlines()[0]}") from None
-    return _select_columns(raw, data, f"audiofolder {folder} (transcripts come from its metadata.csv/.jsonl)")
-
-
-def _select_columns(raw: DatasetDict, data: Any, origin: str) -> DatasetDict:
-    out = {}
-    for split, ds in raw.items():
-        for col, key in ((data.audio_column, "audio_column"), (data.text_column, "text_column")):
-            if col not in ds.column_names:
-                raise DataError(f"data.{key}: column {col!r} not in {origin} split '{split}'; columns are {', '.join(ds.column_names)}")
-        ds = ds.select_columns([data.audio_column, data.text_column])
-        ds = ds.rename_columns({data.audio_column: "audio", data.text_column: "raw_text"})
-        if not isinstance(ds.features["audio"], Audio):
-            raise DataError(f"data.audio_column: column {data.audio_column!r} of {origin} holds {ds.features['audio']}, not audio")
-        out[split] = ds.cast_column("audio", Audio(decode=False))
-    return DatasetDict(out)
-
-
-def from_filenames(data: Any, train_split: str) -> DatasetDict:
-    """Files under data_dir matching `file_glob`; transcript from `transcript_regex` (+ map), split from `split_regex`."""
-    folder = _existing_dir(data.data_dir)
-    files = sorted(p for p in folder.glob(data.file_glob) if p.is_file())
-    if not files:
-        raise DataError(f"data.file_glob: no files match {data.file_glob!r} in {folder}")
-    text_re = re.compile(data.transcript_regex)
-    split_res = {name: re.compile(rx) for name, rx in (data.split_regex or {}).items()}
-    mapping = data.transcript_map
-    rows: dict[str, dict[str, list]] = {}
-    for path in files:
-        match = text_re.search(path.name)
-        if not match:
-            raise DataError(f"data.transcript_regex: file {path} does not match {data.transcript_regex!r}")
-        value = match.group("text") if "text" in text_re.groupindex else match.group(1 if text_re.groups else 0)
-        if mapping is not None:
-            if value not in mapping:
-                raise DataError(f"data.transcript_map: no entry for {value!r} (from file {path}); keys are {', '.join(mapping)}")
-            value = mapping[value]
-        splits = [name for name, rx in split_res.items() if rx.search(path.name)]
-        if len(splits) > 1:
-            raise DataError(f"data.split_regex: file {path} matches the patterns of several splits ({', '.join(splits)})")
-        split = rows.setdefault(splits[0] if splits else train_split, {"audio": [], "raw_text": []})
-        split["audio"].append(str(path.resolve()))
-        split["raw_text"].append(value)
-    for name in split_res:
-        if name not in rows:
-            raise DataError(f"data.split_regex.{name}: no file in {folder} matches {data.split_regex[name]!r}")
-    return DatasetDict({name: Dataset.from_dict(cols).cast_column("audio", Audio(decode=False)) for name, cols in rows.items()})
 
 
 def normalise_splits(splits: DatasetDict, data: Any) -> DatasetDict:
