@@ -208,3 +208,16 @@ def test_describe_model_names_blocks_head_and_the_rest() -> None:
 def test_recipe_errors_name_the_field(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_recipe(FSDD_ASR, [override])
+
+
+def test_relative_data_dir_is_recorded_absolute(clips: Path, tmp_path: Path, monkeypatch) -> None:
+    """A run's stored recipe finds its clips from any working directory (as for the other tasks)."""
+    import yaml
+    from sft_hub.config import parse_recipe
+
+    raw = yaml.safe_load(FSDD_ASR.read_text())
+    monkeypatch.chdir(clips.parent)
+    raw["data"]["data_dir"] = clips.name
+    recipe = parse_recipe(raw)
+    assert recipe.data.data_dir == str(clips.resolve())
+    assert raw["data"]["data_dir"] == str(clips.resolve())

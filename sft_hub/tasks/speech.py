@@ -18,7 +18,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ _SET_BY_TASK = ("vocab_size", "pad_token_id", "ctc_zero_infinity", "ctc_loss_red
 
 @dataclass
 class ModelConfig:
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("name_or_path",)
     name_or_path: str  # Hub id or local folder, or a CTC model type (wav2vec2, hubert, ...) built from `config`
     revision: str | None = None
     config: dict[str, Any] | None = None  # scratch: every config field; pretrained: overrides (mask_time_prob, layerdrop, ...)
@@ -63,6 +64,7 @@ def from_scratch(model: ModelConfig) -> bool:
 
 @dataclass
 class DataConfig:
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("data_dir",)  # only when it exists locally (else: a folder in the Hub repo)
     dataset: str | None = None  # a Hub dataset id
     dataset_config: str | None = None
     dataset_revision: str | None = None
