@@ -90,10 +90,12 @@ def saved_bytes(run: Path, saved_as: str) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-def run_row(spec: dict, run: Path, base_args: list[str], data: list[str], name: str, epochs: int) -> dict:
+def run_row(spec: dict, run: Path, base_args: list[str], data: list[str], name: str, epochs: int, train: bool = True) -> dict | None:
     strategy, lr = STRATEGIES[name]
     manifest = run / "manifest.json"
     wall = None
+    if not manifest.is_file() and not train:
+        return None
     if not manifest.is_file():
         args = ["train", spec["recipe"], *base_args, *data, strategy, f"training.output_dir={run}",
                 f"training.num_train_epochs={epochs}", "training.eval_strategy=no", "training.save_strategy=no",
@@ -117,6 +119,7 @@ def main() -> None:
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated names from: " + ", ".join(STRATEGIES))
     parser.add_argument("--bases", default="trained,random")
     parser.add_argument("--epochs", type=int, help="epochs of each strategy run (default: per task)")
+    parser.add_argument("--table-only", action="store_true", help="train nothing: the table of the runs already finished under --out")
     opts = parser.parse_args()
     spec, out = TASKS[opts.task], opts.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -124,7 +127,7 @@ def main() -> None:
     roots = digits_folders(out) if opts.task == "digits" else {}
 
     base_run, base_model = out / "base_run", out / "base_model"
-    if "trained" in opts.bases.split(","):
+    if "trained" in opts.bases.split(",") and not opts.table_only:
         if not (base_run / "manifest.json").is_file():
             wall = sft_hub("train", spec["recipe"], *data_overrides(opts.task, "a", roots, opts.data), f"training.output_dir={base_run}",
                            f"training.num_train_epochs={spec['base_epochs']}", "training.eval_strategy=no",
@@ -144,16 +147,29 @@ def main() -> None:
         base_args = [f"model.name_or_path={base_model}", *spec["trained"]] if base == "trained" else spec["random"]
         for name in filter(None, opts.strategies.split(",")):
             tag = name.replace(" ", "_").replace("=", "")
-            row = run_row(spec, out / f"{base}_{tag}", base_args, data, name, epochs)
+            row = run_row(spec, out / f"{base}_{tag}", base_args, data, name, epochs, train=not opts.table_only)
+            if row is None:
+                continue
             rows.append({"base": base, **row})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
 
-    print(f"\n| base | strategy | trainable params | saved | wall | test accuracy (classes {dict(SPLIT)['b']}) |")
-    print("|---|---|---:|---:|---:|---:|")
-    for r in rows:
-        wall = f"{r['wall']:.0f} s" if r["wall"] is not None else "?"
-        print(f"| {r['base']} | {r['strategy']} | {r['trainable']:,} of {r['total'] / 1e6:.1f} M | {r['saved']:,} B (`{r['saved_as']}/`) "
-              f"| {wall} | {r['accuracy']:.4f} |")
+    print_table(rows, opts.bases.split(","))
+
+
+def print_table(rows: list[dict], bases: list[str]) -> None:
+    """One line per strategy, the bases side by side (trainable and saved sizes are the first base's run)."""
+    by = {(r["base"], r["strategy"]): r for r in rows}
+    names = list(dict.fromkeys(r["strategy"] for r in rows))
+    head = " | ".join(f"{b} base: wall | {b} base: test accuracy" for b in bases)
+    print(f"\n| strategy | trainable params | saved | {head} |")
+    print("|---|---:|---:|" + "---:|---:|" * len(bases))
+    for name in names:
+        first = next(by[(b, name)] for b in bases if (b, name) in by)
+        cells = []
+        for b in bases:
+            r = by.get((b, name))
+            cells += ["-", "-"] if r is None else [f"{r['wall']:.0f} s" if r["wall"] is not None else "?", f"{r['accuracy']:.4f}"]
+        print(f"| {name} | {first['trainable']:,} | {first['saved']:,} B (`{first['saved_as']}/`) | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
