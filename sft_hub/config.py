@@ -59,9 +59,18 @@ class Recipe:
         return Path(self.training["output_dir"])
 
 
-def parse_value(text: str) -> Any:
-    """Parse a command-line override value the way YAML would (3e-5 -> float, true -> bool, [a,b] -> list)."""
-    value = yaml.safe_load(text) if text != "" else ""
+def parse_value(text: str, key: str | None = None) -> Any:
+    """Parse a command-line override value the way YAML would (3e-5 -> float, true -> bool, [a,b] -> list).
+
+    Text that is not YAML (a glob such as `[0-9]_*.wav` reads as a list followed by junk) is an error naming
+    the override `key`, with the quoting that passes it as a string, rather than a parser traceback."""
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        assignment = f"{key}=\"{text}\"" if key else f"\"{text}\""
+        raise ConfigError(f"{f'override {key}' if key else 'value'}: {text!r} is not a YAML value ({problem}); "
+                          f"to pass it as a string, quote it inside the argument: '{assignment}'") from None
     if isinstance(value, str):  # YAML reads 3e-5 as a string (no dot); numbers are what users mean
         try:
             return float(value) if any(c in value.lower() for c in ".e") and not value.isalpha() else value
@@ -82,7 +91,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if not isinstance(child, dict):
                 raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
             node = child
-        node[parts[-1]] = parse_value(text)
+        node[parts[-1]] = parse_value(text, key.strip())
     return raw
 
 

@@ -54,6 +54,16 @@ def test_overrides_parse_like_yaml():
     assert raw["strategy"]["target_modules"] == ["query", "value"] and raw["data"]["glue"] == "sst2"
 
 
+def test_override_that_is_not_yaml_names_it_and_says_how_to_quote():
+    with pytest.raises(ConfigError) as err:
+        apply_overrides({"data": {}}, ["data.file_glob=[0-4]_*.wav"])
+    message = str(err.value)
+    assert message.startswith("override data.file_glob: '[0-4]_*.wav' is not a YAML value (expected '<document start>'")
+    assert message.endswith("""to pass it as a string, quote it inside the argument: 'data.file_glob="[0-4]_*.wav"'""")
+    quoted = apply_overrides({"data": {}}, ['data.file_glob="[0-4]_*.wav"'])  # what the message suggests
+    assert quoted["data"]["file_glob"] == "[0-4]_*.wav"
+
+
 def test_yaml_float_without_dot_is_a_number(tmp_path, raw):
     raw["training"]["learning_rate"] = "5e-4"
     assert parse_recipe(raw).training["learning_rate"] == 5e-4

@@ -32,6 +32,7 @@ from sft_hub.errors import ConfigError, DataError
 from sft_hub.metrics import MultiLabelMetrics, make_compute_metrics
 from sft_hub.tasks import audio_data, audio_sources
 from sft_hub.tasks import labels as label_utils
+from sft_hub.tasks import new_head
 from sft_hub.tasks import seeding
 from sft_hub.tasks.base import BuiltModel, TaskData
 from sft_hub.tasks.seeding import ROW, SampleSeeds
@@ -255,10 +256,14 @@ def build_model(model: ModelConfig, labels: list[str] | None) -> BuiltModel:
     else:
         source = resolve_source(model.name_or_path)
         try:
-            net = AutoModelForAudioClassification.from_pretrained(source, revision=model.revision, trust_remote_code=model.trust_remote_code,
-                                                                  ignore_mismatched_sizes=True, **kwargs)
+            net, info = AutoModelForAudioClassification.from_pretrained(
+                source, revision=model.revision, trust_remote_code=model.trust_remote_code, ignore_mismatched_sizes=True,
+                output_loading_info=True, **kwargs)
+            saved = AutoConfig.from_pretrained(source, revision=model.revision, trust_remote_code=model.trust_remote_code)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"model.name_or_path: cannot load {model.name_or_path!r}: {str(exc).splitlines()[0]}") from None
+        initialised = [*info["missing_keys"], *(m[0] for m in info["mismatched_keys"])]
+        new_head.renew_head(net, top_level_head(net), new_head.checkpoint_labels(saved), labels, initialised)
         files, base = weight_files(source, model.revision), BaseRef.pretrained(model.name_or_path, model.revision)
     if model.freeze_feature_encoder:
         _freeze_feature_encoder(net)

@@ -28,6 +28,7 @@ from sft_hub.errors import ConfigError, DataError
 from sft_hub.metrics import MultiLabelMetrics, make_compute_metrics
 from sft_hub.tasks import image_data
 from sft_hub.tasks import labels as label_utils
+from sft_hub.tasks import new_head
 from sft_hub.tasks import seeding
 from sft_hub.tasks.base import BuiltModel, TaskData
 
@@ -337,11 +338,14 @@ def build_model(model: ModelConfig, labels: list[str] | None) -> BuiltModel:
                 model.name_or_path, config=config, revision=model.revision, ignore_mismatched_sizes=True, output_loading_info=True)
         except (OSError, ValueError, ImportError) as exc:
             raise ConfigError(f"model.name_or_path: cannot load {model.name_or_path!r}: {str(exc).splitlines()[0]}") from None
-        heads = tuple(h + "." for h in _head_modules(net))
-        fresh = [k for k in [*info["missing_keys"], *(m[0] for m in info["mismatched_keys"])] if not k.startswith(heads)]
+        head = _head_modules(net)
+        initialised = [*info["missing_keys"], *(m[0] for m in info["mismatched_keys"])]
+        fresh = [k for k in initialised if not k.startswith(tuple(h + "." for h in head))]
         if fresh:  # only the classifier may start from scratch (e.g. a ViT at another image_size would lose its position embeddings)
             raise ConfigError(f"model: {model.name_or_path} does not fit {config.architecture} with these settings: "
                               f"{sorted(fresh)[0]} would be newly initialised ({len(fresh)} weights in all)")
+        saved = TimmWrapperConfig.from_pretrained(model.name_or_path, revision=model.revision)  # its own labels, not overridden
+        new_head.renew_head(net, head, new_head.checkpoint_labels(saved), labels, initialised)
         files, base = weight_files(model.name_or_path, model.revision), BaseRef.pretrained(model.name_or_path, model.revision)
         # keep the data config (with this recipe's overrides) in config.json: AutoImageProcessor reads it
         net.config.pretrained_cfg = {**(getattr(net.config, "pretrained_cfg", None) or {}), **resolved_data_config(model)}

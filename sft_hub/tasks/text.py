@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from datasets import Dataset, DatasetDict
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 from torch import nn
 
@@ -25,6 +25,7 @@ from sft_hub.errors import ConfigError, DataError
 from sft_hub.metrics import MultiLabelMetrics, make_compute_metrics
 from sft_hub.tasks import labels as label_utils
 from sft_hub.tasks import glue
+from sft_hub.tasks import new_head
 from sft_hub.tasks.base import BuiltModel, TaskData
 from sft_hub.tasks.files import load_files
 
@@ -220,9 +221,12 @@ def build_model(model: ModelConfig, labels: list[str] | None) -> BuiltModel:
     try:
         net, info = AutoModelForSequenceClassification.from_pretrained(
             source, revision=model.revision, trust_remote_code=model.trust_remote_code, output_loading_info=True, **kwargs)
+        saved = AutoConfig.from_pretrained(source, revision=model.revision, trust_remote_code=model.trust_remote_code)
     except (OSError, ValueError) as exc:  # missing model; custom code refused without trust_remote_code
         raise ConfigError(f"model.name_or_path: cannot load {model.name_or_path!r}: {str(exc).strip().splitlines()[0]}") from None
     head = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]}) or ["classifier"]
+    new_head.renew_head(net, _outermost(head), new_head.checkpoint_labels(saved), labels,
+                        [*info["missing_keys"], *(m[0] for m in info.get("mismatched_keys", []))])
     return BuiltModel(net, describe_model(net, _outermost(head)), weight_files(source, model.revision),
                       BaseRef.pretrained(model.name_or_path, model.revision))
 
