@@ -20,7 +20,7 @@ import torch
 from datasets import IterableDataset
 from transformers import EarlyStoppingCallback, set_seed
 
-from sft_hub import console, controls, distributed, runs, streaming
+from sft_hub import console, controls, cpu_sharding, distributed, runs, streaming
 from sft_hub.base_model import SAVED_BASE, files_sha256
 from sft_hub.callbacks import CompleteCheckpoints, EpochSeeds, FiniteWeights, GracefulStop, MetricsLog, NonFiniteGuard
 from sft_hub.card import write_model_card
@@ -77,6 +77,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True, ca
     """
     task = get_task(recipe.task)
     check_recipe(recipe)
+    cpu_sharding.install()  # an FSDP / DeepSpeed launch on CPU processes runs as such, not as DDP
     training = dict(recipe.training)
     keep = training.pop("save_total_limit", None)  # rotation is ours: it never deletes the last complete checkpoint
     seed = int(training.get("seed", 42))

@@ -1,14 +1,9 @@
 """Launch target for the multi-process tests: `accelerate launch ... -m sft_target train RECIPE`.
 
-It is sft-hub's own CLI with two test-only additions:
+It is sft-hub's own CLI (which runs FSDP / DeepSpeed launches on CPU processes as such, see
+sft_hub/cpu_sharding.py) with test-only faults:
 
-- FSDP on CPU. accelerate 1.15 turns a launch into FSDP only for accelerator devices (`AcceleratorState`
-  picks FSDP inside its MULTI_GPU/XPU/... branch); on CPU processes it silently runs DDP while
-  transformers still loads ranks > 0 on `meta` (RAM-efficient loading). torch's FSDP2 (`fully_shard`)
-  runs on CPU with gloo, so a MULTI_CPU state that was handed an FSDP plugin is promoted to FSDP here,
-  and the tests exercise the real FSDP2 paths (meta loading + broadcast from rank 0, DTensor shards,
-  gathered saves, sharded checkpoints) on CPU. Nothing in sft_hub depends on it.
-- Faults, from `SFT_HUB_FAULT=kill_after_complete:N`: right after global rank 0 marks checkpoint-N
+- `SFT_HUB_FAULT=kill_after_complete:N`: right after global rank 0 marks checkpoint-N
   complete, SIGKILL its launcher and every rank that launcher started (each rank runs in its own
   process group, so this walks /proc), as a machine that loses power.
   `SFT_HUB_FAULT=pause_at_step:N:FILE`: global rank 0 creates FILE at the end of step N and waits there
@@ -22,33 +17,7 @@ import os
 import signal
 import sys
 
-from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import DistributedType
-
 from sft_hub import runs
-
-_original_init = AcceleratorState.__init__
-
-
-def _init(self, *args, fsdp_plugin=None, deepspeed_plugin=None, **kwargs):
-    _original_init(self, *args, fsdp_plugin=fsdp_plugin, deepspeed_plugin=deepspeed_plugin, **kwargs)
-    if self.distributed_type != DistributedType.MULTI_CPU:
-        return
-    if fsdp_plugin is not None:
-        self.distributed_type = DistributedType.FSDP
-        self.fsdp_plugin = fsdp_plugin
-    elif deepspeed_plugin is not None:  # as AcceleratorState does for GPUs (DeepSpeed runs its ZeRO stages on gloo)
-        self.distributed_type = DistributedType.DEEPSPEED
-        deepspeed_plugin.set_mixed_precision(self._mixed_precision)
-        deepspeed_plugin.select(_from_accelerator_state=True)
-        self.deepspeed_plugins = deepspeed_plugin
-        self._mixed_precision = "no"
-    else:
-        return
-    PartialState._shared_state["distributed_type"] = self.distributed_type
-
-
-AcceleratorState.__init__ = _init
 
 _fault = os.environ.get("SFT_HUB_FAULT", "")
 

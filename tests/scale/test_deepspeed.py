@@ -1,7 +1,7 @@
 """DeepSpeed ZeRO-2 / ZeRO-3 with 2 CPU processes (gloo) through the project's deepspeed_zero*.yaml.
 
-accelerate 1.15 enables DeepSpeed only off-CPU, so these runs go through `sft_target` (see its
-docstring), which hands accelerate's own DeepSpeed path a CPU process group; DeepSpeed (installed
+accelerate 1.15 enables DeepSpeed only off-CPU; sft-hub hands accelerate's own DeepSpeed path the CPU
+process group (sft_hub/cpu_sharding.py). DeepSpeed (installed
 with DS_BUILD_OPS=0: `pip install -e .[deepspeed]`) picks its CPU accelerator. A LoRA adapter saved
 under ZeRO-3 must hold whole tensors equal to the gathered parameters: the known failure is an
 adapter of empty (partitioned) tensors.

@@ -1,8 +1,8 @@
 """FSDP2 with 2 CPU processes (gloo) through the project's accelerate_configs/fsdp.yaml.
 
-accelerate 1.15 runs FSDP only on accelerator devices, so these runs go through `sft_target` (see its
-docstring) which lets accelerate's own FSDP2 path run on CPU. They prove on CPU what GPU runs depend
-on: ranks > 0 start with the base on `meta` (RAM-efficient loading) and train correctly; both ranks end
+accelerate 1.15 runs FSDP only on accelerator devices; sft-hub promotes an FSDP launch on CPU processes
+to accelerate's own FSDP2 path on gloo (sft_hub/cpu_sharding.py). The runs go through `sft_target`
+(sft-hub's CLI plus test faults). They prove on CPU what GPU runs depend on: ranks > 0 start with the base on `meta` (RAM-efficient loading) and train correctly; both ranks end
 with the same weights as a DDP run; what is saved is whole (gathered), reloads and predicts the same;
 a SIGKILL of the whole job resumes from the sharded checkpoint. Runs use SGD: Adam's first step turns
 float-rounding differences of near-zero gradients (FSDP reduce-scatters where DDP all-reduces) into
@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import signal
 
+import numpy as np
 import pytest
 from conftest import text_recipe, write_sentiment_csv
-from launch import ddp, fsdp, max_diff, rank_shas, reload_logits, saved_weights, write_recipe
+from launch import CONFIGS, ddp, finish, free_port, fsdp, max_diff, rank_shas, reload_logits, saved_weights, start, write_recipe
 
 from sft_hub import runs
 
@@ -77,6 +78,24 @@ def test_fsdp_lora_sigkill_resumes_from_sharded_checkpoint(tiny_bert, tmp_path):
     check_same_as_ddp(tmp_path, out, tmp_path / "ddp", resumed.stderr)
     adapter = saved_weights(out)
     assert {tuple(t.shape) for k, t in adapter.items() if "lora_A" in k} == {(4, 32)}  # r x hidden: gathered
+
+
+def test_fsdp_yaml_as_shipped_on_cpu_processes(tiny_bert, tmp_path):
+    """Issue 15's reproduction, unchanged: `ACCELERATE_USE_CPU=1 accelerate launch --config_file fsdp.yaml --num_processes 2
+    -m sft_hub train <LoRA recipe>` (bf16, RAM-efficient loading: rank 1 starts on `meta`). It failed on rank 1 with
+    "Cannot copy out of meta tensor"; now it runs FSDP2 and saves a whole adapter."""
+    path = recipe(tmp_path, tiny_bert, "shipped", "lora")
+    proc = finish(start(["--config_file", str(CONFIGS / "fsdp.yaml"), "--num_processes", "2", "--main_process_port", str(free_port()),
+                         "-m", "sft_hub", "train", str(path)]))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "meta tensor" not in proc.stderr and "FSDP2 on 2 CPU processes" in proc.stderr
+    shas = rank_shas(proc.stderr)
+    assert set(shas) == {"0", "1"} and shas["0"] == shas["1"]
+    manifest = json.loads((tmp_path / "shipped" / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and len(manifest["base"]["frozen_sha256"]) == 64  # rank 0 fingerprinted its loaded base
+    adapter = saved_weights(tmp_path / "shipped")
+    assert {tuple(t.shape) for k, t in adapter.items() if "lora_A" in k} == {(4, 32)}
+    assert np.isfinite(reload_logits(tmp_path / "shipped", TEXTS)).all()
 
 
 def test_fsdp_resnet_full_matches_ddp(tmp_path):
