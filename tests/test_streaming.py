@@ -68,3 +68,21 @@ def test_streaming_errors_name_the_field(tiny_bert, tmp_path):
     with pytest.raises(ConfigError, match=r"data.streaming: needs training.max_steps"):
         train(parse_recipe(raw))
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_streaming_refuses_what_needs_every_training_row(tiny_bert, tmp_path):
+    files = write_sentiment_csv(tmp_path, n_train=8, n_val=4)
+    raw = text_recipe(tiny_bert, files, tmp_path / "run")
+    raw["data"].update(streaming=True, labels=["neg", "pos"], class_weights="balanced")
+    with pytest.raises(ConfigError, match=r"data.class_weights: not available with streaming"):
+        parse_recipe(raw)
+    raw["data"].update(class_weights=None, problem_type="multi_label_classification")
+    with pytest.raises(ConfigError, match=r"data.problem_type: not available with streaming"):
+        parse_recipe(raw)
+    from sft_hub.engine import train
+
+    raw["data"]["problem_type"] = "auto"
+    raw["strategy"] = {"name": "linear_probe"}
+    with pytest.raises(ConfigError, match=r"strategy.name: linear_probe is fitted on every training row at once; not available with data.streaming"):
+        train(parse_recipe(raw))
+    assert not (tmp_path / "run").exists()
