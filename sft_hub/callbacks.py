@@ -151,6 +151,9 @@ class FiniteWeights(TrainerCallback):
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad] if model is not None else self.params
         # each rank checks the elements it holds (its FSDP / ZeRO-3 shard); all ranks stop together
         bad = next((name for name, p in params if not torch.isfinite(distributed.local(p).detach()).all()), None)
-        if distributed.any_rank(bad is not None, args.device):
+        found = bad is not None
+        if distributed.world_size() > 1:
+            found = distributed.any_rank(found, args.device)
+        if found:
             raise NonFiniteLoss(f"non-finite weights after step {state.global_step} (in {bad or 'a shard held by another rank'}); "
                                 f"training.learning_rate={args.learning_rate} may be too high")

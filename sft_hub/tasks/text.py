@@ -103,14 +103,9 @@ class DataConfig:
             raise ConfigError(f"{where}.problem_type: GLUE tasks are single-label; multi-label data needs source, dataset or builtin")
         label_utils.check_label_options(self, where)
         if self.streaming:
-            if not (self.source or self.dataset):
-                raise ConfigError(f"{where}.streaming: only for source + data_files or a Hub dataset")
-            for name in ("validation_fraction", "max_train_samples"):
-                if getattr(self, name) is not None:
-                    raise ConfigError(f"{where}.{name}: not available with streaming (use training.max_steps)")
-            if self.problem_type == label_utils.MULTI_LABEL or isinstance(self.class_weights, str):
-                what = "problem_type" if self.problem_type == label_utils.MULTI_LABEL else "class_weights"
-                raise ConfigError(f"{where}.{what}: not available with streaming (it needs every training label before the first step)")
+            from sft_hub.tasks import text_stream
+
+            text_stream.check_config(self, where)
 
 
 def _select_text_columns(splits: DatasetDict, data: DataConfig, origin: str) -> DatasetDict:

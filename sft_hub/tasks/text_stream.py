@@ -18,6 +18,18 @@ from sft_hub.tasks import labels as label_utils
 from sft_hub.tasks.base import TaskData
 
 
+def check_config(data: Any, where: str) -> None:
+    """The streamed data settings of a text DataConfig (before anything is read)."""
+    if not (data.source or data.dataset):
+        raise ConfigError(f"{where}.streaming: only for source + data_files or a Hub dataset")
+    for name in ("validation_fraction", "max_train_samples"):
+        if getattr(data, name) is not None:
+            raise ConfigError(f"{where}.{name}: not available with streaming (use training.max_steps)")
+    if data.problem_type == label_utils.MULTI_LABEL or isinstance(data.class_weights, str):
+        what = "problem_type" if data.problem_type == label_utils.MULTI_LABEL else "class_weights"
+        raise ConfigError(f"{where}.{what}: not available with streaming (it needs every training label before the first step)")
+
+
 def load_data(data: Any) -> TaskData:
     """A streamed train split and in-memory eval splits, with the map-style path's columns and labels."""
     if data.source:
