@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="demo,audio,tensorboard"
-[ "${1:-}" = "--dev" ] && extras="dev,demo,audio,tensorboard"
+[ "${1:-}" = "--dev" ] && extras="dev,demo,audio,tensorboard,deepspeed"
 
 if ! command -v ffmpeg >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -16,5 +16,5 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[${extras}]"
+DS_BUILD_OPS=0 .venv/bin/python -m pip install -q -c constraints.txt -e ".[${extras}]"  # DeepSpeed: no CUDA ops at install
 echo "sft-hub installed in .venv ($(.venv/bin/python -c 'import sft_hub; print(sft_hub.__version__)'))"

@@ -4,7 +4,8 @@
   flushed; rotation (`save_total_limit`) then deletes old complete ones, never the newest one.
 - `MetricsLog`: every log record goes to `<run>/metrics.jsonl` (rank 0).
 - `GracefulStop`: SIGTERM (preemption) asks Trainer to save a checkpoint at the end of the current
-  step and stop; a second SIGTERM exits at once (the checkpoint being written stays unmarked).
+  step and stop; a second SIGTERM (more than 5 s later: not the same preemption delivered twice) exits
+  at once (the checkpoint being written stays unmarked). All ranks stop after the same step.
 - `NonFiniteGuard`: a NaN/inf loss stops the run naming the step, or with `nonfinite_loss: skip` the
   step's update is dropped and counted, up to a limit.
 - `FiniteWeights`: an update that made a trained weight inf/NaN stops the run naming the step.
@@ -16,15 +17,17 @@ import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
-from sft_hub import runs
+from sft_hub import distributed, runs
 from sft_hub.errors import SftHubError
 
 log = logging.getLogger("sft_hub")
+DUPLICATE_SIGNAL_S = 5.0
 
 
 class NonFiniteLoss(SftHubError):
@@ -42,6 +45,8 @@ class CompleteCheckpoints(TrainerCallback):
         self.run_dir, self.keep, self.raw_recipe, self.labels = run_dir, keep, raw_recipe, labels
 
     def on_save(self, args, state, control, **kwargs):
+        # every rank writes its own files (RNG state, FSDP/DeepSpeed shards): mark only once all are written
+        distributed.barrier()
         if state.is_world_process_zero:
             ckpt = self.run_dir / "checkpoints" / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
@@ -78,19 +83,26 @@ class EpochSeeds(TrainerCallback):
 class GracefulStop(TrainerCallback):
     def __init__(self):
         self.requested = False
+        self._first = 0.0
         self._previous = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
-        if self.requested:  # second signal: stop now, whatever is being written stays incomplete
+        # A second signal stops at once (whatever is being written stays incomplete), unless it is the same
+        # preemption delivered twice: SLURM signals every process of a job step and torchrun forwards too.
+        if self.requested and time.monotonic() - self._first > DUPLICATE_SIGNAL_S:
             os._exit(143)
-        self.requested = True
+        if self.requested:
+            return
+        self.requested, self._first = True, time.monotonic()
         log.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.requested:
+        # the ranks of a preempted job get the signal at different moments: all stop after the same step
+        if distributed.any_rank(self.requested, args.device):
+            self.requested = True
             control.should_save = True
             control.should_training_stop = True
 
@@ -137,7 +149,11 @@ class FiniteWeights(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         model = kwargs.get("model")  # the model Trainer trains (wrapped for DDP/FSDP), when it passes one
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad] if model is not None else self.params
-        for name, p in params:
-            if not torch.isfinite(p.detach()).all():
-                raise NonFiniteLoss(f"non-finite weights after step {state.global_step} (in {name}); "
-                                    f"training.learning_rate={args.learning_rate} may be too high")
+        # each rank checks the elements it holds (its FSDP / ZeRO-3 shard); all ranks stop together
+        bad = next((name for name, p in params if not torch.isfinite(distributed.local(p).detach()).all()), None)
+        found = bad is not None
+        if distributed.world_size() > 1:
+            found = distributed.any_rank(found, args.device)
+        if found:
+            raise NonFiniteLoss(f"non-finite weights after step {state.global_step} (in {bad or 'a shard held by another rank'}); "
+                                f"training.learning_rate={args.learning_rate} may be too high")

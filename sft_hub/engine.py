@@ -9,6 +9,7 @@ every model, including heads that declare `**kwargs` but ignore `num_items_in_ba
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import shutil
 import tempfile
@@ -16,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import IterableDataset
 from transformers import EarlyStoppingCallback, set_seed
 
-from sft_hub import console, controls, runs
-from sft_hub.base_model import SAVED_BASE, files_sha256, tensors_sha256
+from sft_hub import console, controls, cpu_sharding, distributed, runs, streaming
+from sft_hub.base_model import SAVED_BASE, files_sha256
 from sft_hub.callbacks import CompleteCheckpoints, EpochSeeds, FiniteWeights, GracefulStop, MetricsLog, NonFiniteGuard
 from sft_hub.card import write_model_card
 from sft_hub.checks import check_data, check_model, check_model_source, check_recipe
@@ -35,7 +37,7 @@ from sft_hub.report.tensorboard import route as route_tensorboard
 from sft_hub.resources import PeakMemory
 from sft_hub.runs import Run
 from sft_hub.sampling import EngineTrainer
-from sft_hub.strategies import FitInputs, count_parameters, frozen_params, saves_whole_model, trainable_state
+from sft_hub.strategies import FitInputs, frozen_params, saves_whole_model
 from sft_hub.tasks import get_task
 from sft_hub.training_args import build_training_args
 
@@ -75,12 +77,17 @@ def train(recipe: Recipe, overwrite: bool = False, resume: bool | str = True, ca
     """
     task = get_task(recipe.task)
     check_recipe(recipe)
+    cpu_sharding.install()  # an FSDP / DeepSpeed launch on CPU processes runs as such, not as DDP
     training = dict(recipe.training)
     keep = training.pop("save_total_limit", None)  # rotation is ours: it never deletes the last complete checkpoint
     seed = int(training.get("seed", 42))
     data = task.load_data(recipe.data, seed)  # bad data fails here, before any model is loaded
     check_data(recipe, data)
     check_model_source(recipe)
+    if isinstance(data.splits[data.train_split], IterableDataset):
+        streaming.check_recipe(training, recipe.strategy)
+        # positions are restored from the checkpoint, not re-read; they live in this process
+        training.update(ignore_data_skip=True, dataloader_num_workers=0)
     args = build_training_args(training, recipe.output_dir, remove_unused_columns=False)
     with RunLock(recipe.output_dir, "train") if args.should_save else contextlib.nullcontext():
         return _train(recipe, task, data, args, keep, seed, overwrite, resume, callbacks)
@@ -114,8 +121,11 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
             shutil.move(str(Path(tmp) / SAVED_BASE), run_dir / SAVED_BASE)
             run.share(SAVED_BASE)
 
+    # With FSDP's RAM-efficient loading only rank 0 holds the base here (the others hold `meta` copies until
+    # FSDP broadcasts rank 0's weights inside prepare): rank 0's fingerprint is the run's, the others get None.
     frozen = frozen_params(model)
-    frozen_before = tensors_sha256(frozen) if frozen and not saves_whole_model(strategy) else None
+    check_frozen = bool(frozen) and not saves_whole_model(strategy)
+    frozen_before = distributed.fingerprint(frozen) if check_frozen else None
     eval_sets = {name: encoded[name] for name in data.eval_splits}
     weights = controls.class_weights(recipe.data, data)
     guard = NonFiniteGuard(_loss(task, recipe, data, weights), recipe.engine.nonfinite_loss, recipe.engine.max_nonfinite_skips)
@@ -123,11 +133,13 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
     compute_metrics = task.metrics(recipe.data, data.labels)
     stop = GracefulStop()
     collator = task.collator(processor, recipe.data)
-    seeded = [t for t in (collator, encoded[data.train_split].format["format_kwargs"].get("transform")) if hasattr(t, "set_epoch")]
+    train_set = encoded[data.train_split]
+    seeded = [t for t in (collator, getattr(train_set, "format", {}).get("format_kwargs", {}).get("transform")) if hasattr(t, "set_epoch")]
+    train_set, stream_callbacks = streaming.attach(train_set, args, checkpoint, run_dir)  # a streamed split: this rank's part
     trainer = EngineTrainer(
         model=model,
         args=args,
-        train_dataset=encoded[data.train_split],
+        train_dataset=train_set,
         eval_dataset=(eval_sets if len(eval_sets) > 1 else next(iter(eval_sets.values()), None)),
         data_collator=collator,
         compute_metrics=compute_metrics,
@@ -135,8 +147,9 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
         param_groups=strategy.param_groups,
         preprocess_logits_for_metrics=getattr(task, "preprocess_logits_for_metrics", None),
         processing_class=processor if hasattr(processor, "model_input_names") else None,
-        # the EMA's and the strategy's callbacks run first: what they add to a checkpoint is written before it is marked complete
-        callbacks=[*([ema] if ema else []), *strategy_callbacks(strategy, model, checkpoint),
+        # the EMA's, the stream's and the strategy's callbacks run first: what they add to a checkpoint is written
+        # before it is marked complete
+        callbacks=[*([ema] if ema else []), *stream_callbacks, *strategy_callbacks(strategy, model, checkpoint),
                    CompleteCheckpoints(run_dir, keep, recipe.raw, data.labels), MetricsLog(run_dir / runs.METRICS_LOG), stop,
                    EpochSeeds(seeded, seed), FiniteWeights(model), *(callbacks or [])],
     )
@@ -147,6 +160,7 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
         ema.attach(trainer)
     console.attach(trainer)
     route_tensorboard(trainer, run_dir)
+    distributed.prepare_fsdp(trainer.accelerator, model)
     if checkpoint:
         log.warning("resuming from %s", checkpoint)
     peak = PeakMemory().start()
@@ -164,8 +178,10 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
         log.warning("stopped by SIGTERM at step %d with a complete checkpoint; run the same command to resume", trainer.state.global_step)
         return {"run_dir": run_dir, "metrics": {}, "manifest": None, "trainer": trainer, "stopped": True}
 
-    if frozen_before is not None and tensors_sha256(frozen_params(model)) != frozen_before:
-        raise RunError("frozen base weights changed during training; the run was not saved (report this as a bug)")
+    if check_frozen:  # every rank gathers (a collective under FSDP / ZeRO-3); rank 0 judges
+        frozen_after = distributed.fingerprint(frozen_params(model))
+        if distributed.from_main(frozen_before is not None and frozen_after != frozen_before):
+            raise RunError("frozen base weights changed during training; the run was not saved (report this as a bug)")
     if args.should_save and base_files and base_ref.kind != "run":
         if files_sha256(built.weight_files) != base_files:
             raise RunError(f"base weight files {', '.join(map(str, built.weight_files))} changed on disk during training")
@@ -175,20 +191,19 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
         ema.use_average()  # from here on the model holds the average: evaluated, fingerprinted and saved
     thresholds = controls.choose_thresholds(trainer, recipe.data, data, eval_sets, compute_metrics)
     metrics = {name: trainer.evaluate(eval_dataset=ds, metric_key_prefix=f"eval_{name}") for name, ds in eval_sets.items()}
-    trained_sha = tensors_sha256(trainable_state(trainer.accelerator.unwrap_model(trainer.model)).items())
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    trained_sha = distributed.fingerprint([(n, p) for n, p in unwrapped.named_parameters() if p.requires_grad])  # gathered: same on every rank
     (log.warning if args.world_size > 1 else log.info)("rank %d: trained weights sha256 %s", args.process_index, trained_sha)
 
-    state = None
-    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:  # sharded weights: every rank joins the gather
-        state = trainer.accelerator.get_state_dict(trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model)
+    state = distributed.gathered_state(trainer)  # every rank joins the gather of FSDP / DeepSpeed shards
     predictions = report.predictions_after_training(trainer, data, eval_sets, recipe.engine.report)  # every rank
     manifest = None
     if args.should_save:
-        strategy.save(trainer.accelerator.unwrap_model(trainer.model), run_dir, state_dict=state)
+        strategy.save(unwrapped, run_dir, state_dict=state)
         run.share(strategy.saved_as)
         task.save_processor(processor, run_dir / "processor")
         run.save_check_inputs(_check_inputs(encoded, collator, data))
-        manifest = build_manifest(recipe, built, base_ref, base_files, data, frozen_before, trained_sha, count_parameters(model),
+        manifest = build_manifest(recipe, built, base_ref, base_files, data, frozen_before, trained_sha, distributed.parameter_counts(model),
                                   metrics, train_metrics, args, task)
         manifest["nonfinite_skipped"] = guard.skipped
         manifest["resources"] = resources
@@ -206,7 +221,8 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
 def _check_inputs(encoded: Any, collator: Any, data: Any) -> dict[str, torch.Tensor]:
     """A few eval rows, already encoded, collated as predict does (labels dropped): export's check inputs."""
     split = encoded[data.eval_splits[0] if data.eval_splits else data.train_split]
-    batch = collator([split[i] for i in range(min(CHECK_ROWS, len(split)))])
+    rows = list(itertools.islice(split, CHECK_ROWS)) if isinstance(split, IterableDataset) else [split[i] for i in range(min(CHECK_ROWS, len(split)))]
+    batch = collator(rows)
     batch.pop("labels", None)
     return batch
 

@@ -45,7 +45,7 @@ def build_manifest(recipe, built, base: BaseRef, base_files: dict[str, str], dat
         "head_modules": built.head_modules,
         "labels": data.labels,
         "regression": data.is_regression,
-        "splits": {name: len(ds) for name, ds in data.splits.items()},
+        "splits": {name: len(ds) if hasattr(ds, "__len__") else "streamed" for name, ds in data.splits.items()},
         "data_info": data.info,
         "parameters": params,
         "trained_sha256": trained_sha,

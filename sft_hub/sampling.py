@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Iterator, Sequence
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 from transformers import Trainer
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
@@ -43,7 +43,8 @@ class LengthGroupedBatches(Sampler[int]):
 
 class EngineTrainer(Trainer):
     """`transformers.Trainer` whose `group_by_length` uses `LengthGroupedBatches` when the data has lengths,
-    and whose optimizer takes the strategy's parameter groups (`param_groups(model, lr)`) when it gives any."""
+    whose optimizer takes the strategy's parameter groups (`param_groups(model, lr)`) when it gives any,
+    and whose streamed train data (`streaming.TrainStream`, already this rank's part) is batched as it is."""
 
     def __init__(self, *args, param_groups=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -61,6 +62,16 @@ class EngineTrainer(Trainer):
             group.setdefault("weight_decay", self.args.weight_decay)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+    def get_train_dataloader(self):
+        from sft_hub.streaming import TrainStream
+
+        if isinstance(self.train_dataset, TrainStream):  # no accelerate sharding or dispatching on top of ours
+            # its own generator: starting an iterator draws a seed, which must not shift the global RNG that
+            # dropout uses (a resumed run restores that RNG, then starts a new iterator)
+            return DataLoader(self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
+                              num_workers=0, generator=torch.Generator().manual_seed(self.args.seed))
+        return super().get_train_dataloader()
 
     def _get_train_sampler(self, train_dataset=None):
         ds = self.train_dataset if train_dataset is None else train_dataset

@@ -70,6 +70,8 @@ class DataConfig:
     max_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    streaming: bool = False  # stream the train split (source or dataset); needs training.max_steps
+    labels: list[str] | None = None  # class names in id order, for streamed data that does not declare them
 
     def validate(self, where: str) -> None:
         sources = [k for k in ("glue", "builtin", "dataset", "source") if getattr(self, k)]
@@ -101,6 +103,10 @@ class DataConfig:
         if self.glue and self.problem_type == label_utils.MULTI_LABEL:
             raise ConfigError(f"{where}.problem_type: GLUE tasks are single-label; multi-label data needs source, dataset or builtin")
         label_utils.check_label_options(self, where)
+        if self.streaming:
+            from sft_hub.tasks import text_stream
+
+            text_stream.check_config(self, where)
 
 
 def _select_text_columns(splits: DatasetDict, data: DataConfig, origin: str) -> DatasetDict:
@@ -120,6 +126,10 @@ def _select_text_columns(splits: DatasetDict, data: DataConfig, origin: str) -> 
 
 def load_data(data: DataConfig, seed: int) -> TaskData:
     labels: list[str] | None
+    if data.streaming:
+        from sft_hub.tasks import text_stream
+
+        return text_stream.load_data(data)
     if data.glue:
         splits = glue.load_local(data.glue, Path(data.data_dir)) if data.data_dir else glue.load_hub(data.glue, data.dataset_revision)
         spec = glue.TASKS[data.glue]
@@ -179,8 +189,13 @@ def encode(splits: DatasetDict, processor: Any, data: DataConfig, model: ModelCo
     def tokenize_batch(batch: dict) -> dict:
         return tokenize(processor, data, batch["text_a"], batch["text_b"] if "text_b" in batch else None)
 
-    drop = [c for c in ("text_a", "text_b") if c in next(iter(splits.values())).column_names]
-    encoded = DatasetDict({name: ds.map(tokenize_batch, batched=True, remove_columns=drop, desc=f"tokenizing {name}") for name, ds in splits.items()})
+    out = {}
+    for name, ds in splits.items():  # a streamed split (IterableDataset) may not know its columns before reading
+        columns = ds.column_names or ["text_a", "text_b"][:len(data.text_columns or ["text_a"])]
+        drop = [c for c in ("text_a", "text_b") if c in columns]
+        progress = {"desc": f"tokenizing {name}"} if isinstance(ds, Dataset) else {}
+        out[name] = ds.map(tokenize_batch, batched=True, remove_columns=drop, **progress)
+    encoded = DatasetDict(out)
     warn_truncated(splits, encoded, processor, data.max_length)
     return encoded
 
@@ -191,6 +206,8 @@ def warn_truncated(raw: DatasetDict, encoded: DatasetDict, processor: Any, max_l
     if not limit or limit > 1_000_000:  # tokenizers without a limit report a huge sentinel
         return
     for name, ds in encoded.items():
+        if not isinstance(ds, Dataset):  # a streamed train split is tokenised as it is read
+            continue
         full = [i for i, n in enumerate(ds["length"]) if n >= limit]
         if not full:
             continue
