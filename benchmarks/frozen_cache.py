@@ -16,6 +16,7 @@ against the anchor of the same seed (median over seeds), and dev accuracy mean +
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import statistics
@@ -84,6 +85,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seeds", default="42,43,44")
     p.add_argument("--only", default="partial,head", help="strategies to run, comma-separated")
+    p.add_argument("--json", type=Path, help="write every run's epochs and accuracy here after each seed")
     a = p.parse_args()
     if not (a.data_dir / "train.tsv").is_file():
         sys.exit(f"error: --data-dir {a.data_dir}: no SST-2 train.tsv there")
@@ -105,8 +107,16 @@ def main() -> None:
                     results.setdefault((name, cached), []).append(r)
                     print(f"seed {seed} {name:8s} {'cached' if cached else 'uncached':8s} epochs (wall, cpu) s: "
                           + ", ".join(f"({w:.1f}, {c:.1f})" for w, c in r["epochs"]) + f"  dev acc {r['acc']:.4f}", flush=True)
-    print(f"\nSST-2, {a.n} training sentences, {a.epochs} epochs, batch 32, MiniLM-L6, 1 torch thread, seeds {a.seeds}; "
-          f"{time.perf_counter() - start:.0f} s in all; load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
+            if a.json:
+                a.json.write_text(json.dumps({f"{k[0]}/{k[1]}": v for k, v in results.items()}, indent=1, default=str))
+            done = seeds[:seeds.index(seed) + 1]  # the table so far: a run cut short still reports what it measured
+            print(f"\nSST-2, {a.n} training sentences, {a.epochs} epochs, batch 32, MiniLM-L6, 1 torch thread, seeds "
+                  f"{','.join(map(str, done))}; {time.perf_counter() - start:.0f} s so far; load average {load0:.1f} at the "
+                  f"start, {os.getloadavg()[0]:.1f} now")
+            table(results)
+
+
+def table(results: dict) -> None:
     print("| strategy | path | epoch 1 wall / CPU s | later epochs wall / CPU s | later epochs speed-up, CPU (wall) | dev accuracy |")
     print("|---|---|---:|---:|---:|---:|")
     for name, _, _ in RUNS:
