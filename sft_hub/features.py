@@ -13,7 +13,7 @@ bar, and a forward pre-hook on the classifier that records its input and stops t
 `accelerate launch` each rank extracts its shard of the (length-sorted) rows and rank 0 gathers them.
 `cached_features` stores the result with `datasets` (Arrow on disk) under `FeatureKey`, in
 `$SFT_HUB_CACHE` (default ~/.cache/sft_hub/features), so a second probe on the same base and data skips
-extraction (logged). Issue 13's frozen-computation cache is meant to reuse the same keying.
+extraction (logged). `frozen_cache.py` (head / partial) stores its entries under the same keying.
 """
 
 from __future__ import annotations

@@ -158,5 +158,5 @@ def test_augmented_modalities_are_off_in_auto_and_refused_when_forced(tiny_bert,
     assert (rows, collate, record["used"]) == ("rows", "collate", False) and "augmented" in record["reason"]
     with pytest.raises(ConfigError, match="strategy.cache_frozen: true, but image task: training rows may be augmented"):
         prepare(parse_strategy({"name": "head", "cache_frozen": True}), model, info, inputs, ARGS)
-    with pytest.raises(ConfigError, match="strategy.cache_frozen: expected bool or"):
+    with pytest.raises(ConfigError, match="strategy.cache_frozen: expected bool or 'auto', got str 'always'"):
         parse_strategy({"name": "head", "cache_frozen": "always"})
