@@ -160,3 +160,20 @@ def test_augmented_modalities_are_off_in_auto_and_refused_when_forced(tiny_bert,
         prepare(parse_strategy({"name": "head", "cache_frozen": True}), model, info, inputs, ARGS)
     with pytest.raises(ConfigError, match="strategy.cache_frozen: expected bool or 'auto', got str 'always'"):
         parse_strategy({"name": "head", "cache_frozen": "always"})
+
+
+def test_cached_collator_pads_rows_and_keeps_label_kinds():
+    import numpy as np
+
+    from sft_hub.frozen_cache import CachedCollator
+
+    collate = CachedCollator(lambda rows: {"plain": len(rows)}, dim=2)
+    rows = [{COLUMN: np.arange(6, dtype=np.float32), "labels": np.int64(1)}, {COLUMN: np.arange(2, dtype=np.float32), "labels": np.int64(0)}]
+    batch = collate(rows)
+    assert batch[COLUMN].shape == (2, 3, 2) and batch[COLUMN][1, 1:].abs().sum() == 0 and batch[COLUMN][1, 0].tolist() == [0, 1]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]] and batch["labels"].dtype == torch.int64
+    regression = collate([{COLUMN: np.ones(2, np.float32), "labels": np.float64(0.5)}])["labels"]
+    multi = CachedCollator(None, None)([{COLUMN: np.ones(3, np.float32), "labels": [1.0, 0.0]}] * 2)
+    assert regression.dtype == torch.float32 and multi["labels"].shape == (2, 2) and multi["labels"].dtype == torch.float32
+    assert multi[COLUMN].shape == (2, 3) and "attention_mask" not in multi
+    assert collate([{"input_ids": [1]}]) == {"plain": 1}  # eval batches go to the task's collator
