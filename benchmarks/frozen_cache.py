@@ -10,7 +10,8 @@ torch runs on one thread. The table gives epoch 1 and the mean of later epochs, 
 against the anchor of the same seed (median over seeds), and dev accuracy mean +- std over seeds.
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/frozen_cache.py [--data-dir ../shared/data/glue/SST-2]
-        [--n 2000] [--epochs 3] [--seeds 42,43,44]
+        [--n 2000] [--epochs 3] [--seeds 42,43,44] [--json runs.json]
+    python benchmarks/frozen_cache.py --table-from a.json,b.json    # one table from seeds run in separate processes
 """
 
 from __future__ import annotations
@@ -86,7 +87,15 @@ def main() -> None:
     p.add_argument("--seeds", default="42,43,44")
     p.add_argument("--only", default="partial,head", help="strategies to run, comma-separated")
     p.add_argument("--json", type=Path, help="write every run's epochs and accuracy here after each seed")
+    p.add_argument("--table-from", help="print the table of earlier --json files (comma-separated; seeds run apart) and exit")
     a = p.parse_args()
+    if a.table_from:
+        merged: dict[tuple[str, bool], list[dict]] = {}
+        for file in a.table_from.split(","):
+            for k, v in json.loads(Path(file).read_text()).items():
+                name, cached = k.split("/")
+                merged.setdefault((name, cached == "True"), []).extend(v)
+        return table(merged)
     if not (a.data_dir / "train.tsv").is_file():
         sys.exit(f"error: --data-dir {a.data_dir}: no SST-2 train.tsv there")
     import torch
