@@ -87,6 +87,7 @@ def main() -> None:
     p.add_argument("--seeds", default="42,43,44")
     p.add_argument("--only", default="partial,head", help="strategies to run, comma-separated")
     p.add_argument("--json", type=Path, help="write every run's epochs and accuracy here after each seed")
+    p.add_argument("--head-lr", type=float, default=dict((n, lr) for n, _, lr in RUNS)["head"], help="head's learning rate")
     p.add_argument("--table-from", help="print the table of earlier --json files (comma-separated; seeds run apart) and exit")
     a = p.parse_args()
     if a.table_from:
@@ -112,6 +113,7 @@ def main() -> None:
                 if name not in wanted:
                     continue
                 for cached in (False, True):
+                    lr = a.head_lr if name == "head" else lr
                     r = run(a.data_dir, a.n, a.epochs, seed, strategy, lr, cached, Path(runs) / f"{name}-{cached}-{seed}")
                     results.setdefault((name, cached), []).append(r)
                     print(f"seed {seed} {name:8s} {'cached' if cached else 'uncached':8s} epochs (wall, cpu) s: "
