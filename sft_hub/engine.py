@@ -28,6 +28,7 @@ from sft_hub.checks import check_data, check_model, check_model_source, check_re
 from sft_hub.config import Recipe
 from sft_hub.ema import WeightEma
 from sft_hub.errors import ConfigError, RunError
+from sft_hub.frozen_cache import prepare as prepare_frozen_cache
 from sft_hub.lock import RunLock
 from sft_hub.losses import make_loss
 from sft_hub.manifest import build_manifest
@@ -133,15 +134,18 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
     compute_metrics = task.metrics(recipe.data, data.labels)
     stop = GracefulStop()
     collator = task.collator(processor, recipe.data)
-    train_set = encoded[data.train_split]
-    seeded = [t for t in (collator, getattr(train_set, "format", {}).get("format_kwargs", {}).get("transform")) if hasattr(t, "set_epoch")]
+    fit_inputs = FitInputs(task, recipe, data, encoded, processor, collator, built.info, args)
+    # head / partial on a frozen bottom: its outputs computed once, the top trained on them (frozen_cache.py)
+    train_set, train_collator, frozen_cache = prepare_frozen_cache(strategy, model, built.info, fit_inputs, args)
+    transform = getattr(encoded[data.train_split], "format", {}).get("format_kwargs", {}).get("transform")
+    seeded = [t for t in (collator, transform) if hasattr(t, "set_epoch")]
     train_set, stream_callbacks = streaming.attach(train_set, args, checkpoint, run_dir)  # a streamed split: this rank's part
     trainer = EngineTrainer(
         model=model,
         args=args,
         train_dataset=train_set,
         eval_dataset=(eval_sets if len(eval_sets) > 1 else next(iter(eval_sets.values()), None)),
-        data_collator=collator,
+        data_collator=train_collator,
         compute_metrics=compute_metrics,
         compute_loss_func=guard,
         param_groups=strategy.param_groups,
@@ -168,7 +172,7 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
         if strategy.needs_training_loop:
             train_metrics = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None).metrics
         else:  # fitted outside the Trainer (linear_probe): no optimizer, no steps, no checkpoints; eval and saving as usual
-            train_metrics = strategy.fit(model, FitInputs(task, recipe, data, encoded, processor, collator, built.info, args))
+            train_metrics = strategy.fit(model, fit_inputs)
     except KeyError as exc:  # Trainer finds a misspelt metric_for_best_model only at the first evaluation
         if "metric_for_best_model" not in str(exc):
             raise
@@ -207,6 +211,8 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
                                   metrics, train_metrics, args, task)
         manifest["nonfinite_skipped"] = guard.skipped
         manifest["resources"] = resources
+        if frozen_cache is not None:
+            manifest["frozen_cache"] = frozen_cache
         manifest.update(controls.manifest_fields(recipe, data, weights, thresholds))
         if thresholds is not None:
             run.write_json(controls.THRESHOLDS, thresholds)

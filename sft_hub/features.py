@@ -13,7 +13,7 @@ bar, and a forward pre-hook on the classifier that records its input and stops t
 `accelerate launch` each rank extracts its shard of the (length-sorted) rows and rank 0 gathers them.
 `cached_features` stores the result with `datasets` (Arrow on disk) under `FeatureKey`, in
 `$SFT_HUB_CACHE` (default ~/.cache/sft_hub/features), so a second probe on the same base and data skips
-extraction (logged). Issue 13's frozen-computation cache is meant to reuse the same keying.
+extraction (logged). `frozen_cache.py` (head / partial) stores its entries under the same keying.
 """
 
 from __future__ import annotations
@@ -46,7 +46,10 @@ META = "sft_hub_features.json"
 # Data fields that only choose rows (already in the data fingerprint) or only matter for training.
 _ROW_FIELDS = {"max_train_samples", "max_eval_samples", "train_split", "eval_splits", "validation_fraction", "split_seed",
                "data_files", "data_dir", "folder", "verify_images", "on_bad_image", "dataset_revision"}
-_LABEL_CONFIG = {"id2label", "label2id", "num_labels", "problem_type", "_name_or_path", "transformers_version", "architectures"}
+# Config fields that are not the frozen computation: labels, names, and run-time flags (Trainer sets use_cache=False,
+# so a key taken after the Trainer exists, as linear_probe's is, must equal one taken before, as the frozen cache's is).
+_LABEL_CONFIG = {"id2label", "label2id", "num_labels", "problem_type", "_name_or_path", "transformers_version", "architectures",
+                 "use_cache"}
 
 
 @dataclass(frozen=True)

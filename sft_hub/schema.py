@@ -28,6 +28,8 @@ def unknown_key(where: str, key: str, options: typing.Iterable[str]) -> ConfigEr
 
 
 def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is typing.Literal:  # `bool | Literal["auto"]` reads "bool or 'auto'"
+        return " or ".join(repr(a) for a in typing.get_args(hint))
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 

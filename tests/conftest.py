@@ -9,6 +9,8 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+# feature caches (linear probe, frozen cache of head / partial) go to a fresh folder, never the user's ~/.cache
+os.environ["SFT_HUB_CACHE"] = __import__("tempfile").mkdtemp(prefix="sft-hub-test-cache-")
 
 import pytest  # noqa: E402
 

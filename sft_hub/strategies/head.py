@@ -1,4 +1,8 @@
-"""`head`: the backbone is frozen, only the task's new head trains; the head's weights are saved (`<run>/head`)."""
+"""`head`: the backbone is frozen, only the task's new head trains; the head's weights are saved (`<run>/head`).
+
+With `cache_frozen` (auto: text tasks) the backbone runs once, in eval mode, and every epoch trains the head on its
+cached outputs (sft_hub/frozen_cache.py).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from sft_hub.frozen_cache import CacheOptions
 from sft_hub.strategies import register
 from sft_hub.strategies.base import ModelInfo, freeze, keep_frozen_batchnorm_in_eval, load_into, options_of, save_trainable, saved_folder
 
@@ -18,7 +23,7 @@ HEAD_FILE = "head.safetensors"
 @register
 class Head:
     @dataclass
-    class Config:
+    class Config(CacheOptions):  # cache_frozen, cache_dir: the backbone's outputs computed once (frozen_cache.py)
         pass
 
     name: ClassVar[str] = "head"

@@ -8,7 +8,8 @@ included); `n: L` (every block) keeps the embeddings frozen. Frozen BatchNorm st
 What is saved: the trained tensors, plus the buffers (BatchNorm running statistics) of the trained modules,
 in one safetensors file `<run>/partial/partial.safetensors`, on top of the fingerprinted base; `load` puts
 them back onto a fresh base, and `export --merge` writes the result as one standalone model.
-Options shared with `full` (train_top.py): `layer_decay`, `head_lr` and `unfreeze_after`.
+Options shared with `full` (train_top.py): `layer_decay`, `head_lr` and `unfreeze_after`. `cache_frozen` (auto: text
+tasks): the frozen blocks run once, in eval mode, and every epoch trains the top on their cached outputs (frozen_cache.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sft_hub.errors import ConfigError, RunError
+from sft_hub.frozen_cache import CacheOptions
 from sft_hub.strategies import register
 from sft_hub.strategies.base import ModelInfo, keep_frozen_batchnorm_in_eval, options_of, saved_folder
 from sft_hub.strategies.train_top import TopTraining, TrainTop
@@ -32,7 +34,7 @@ FILE = "partial.safetensors"
 @register
 class Partial(TopTraining):
     @dataclass
-    class Config(TrainTop):
+    class Config(TrainTop, CacheOptions):  # + cache_frozen, cache_dir (frozen_cache.py)
         n: int | str = 2  # blocks from the top that train; 0 = head only; "all" = everything
 
         def validate(self, where: str) -> None:

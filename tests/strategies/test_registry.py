@@ -102,9 +102,10 @@ def test_recipes_strategies_lists_every_strategy_with_options(capsys):
     lora = out.split("lora: ", 1)[1]
     assert "  r: 8\n" in lora and "  lora_alpha (alias: alpha): 8\n" in lora and "  lora_dropout (alias: dropout): 0.0\n" in lora
     assert "  use_dora: False\n" in lora and "  use_rslora: False\n" in lora
-    assert "head: saved_as=head merges=true\n  (no options)\n" in out
+    assert "head: saved_as=head merges=true\n  cache_frozen: 'auto'\n  cache_dir: None\n" in out
     assert "full: saved_as=model merges=true\n  layer_decay: None\n  head_lr: None\n  unfreeze_after: None\n" in out
     assert "partial: saved_as=partial merges=true\n" in out and "  n: 2\n" in out.split("partial: ", 1)[1]
+    assert "  cache_frozen: 'auto'\n" in out.split("partial: ", 1)[1].split("\n\n")[0]
 
 
 def test_the_engine_optimizes_the_strategys_param_groups(tiny_bert, sentiment_files, tmp_path, monkeypatch):
