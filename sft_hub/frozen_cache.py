@@ -195,12 +195,12 @@ def _check(model: nn.Module, plan: Plan, rows: Dataset, collate: Any, cached_col
 def _why_not(option: Any, info: Any, args: Any, rows: Any) -> str | None:
     if option is False:
         return "strategy.cache_frozen is false"
-    if not isinstance(rows, Dataset):
-        return "the training rows are streamed (data.streaming), so they are read once per pass, not held"
     if info.modality != "text":
         return f"{info.modality or 'this'} task: training rows may be augmented, so the frozen part's inputs change every epoch"
     if args.world_size > 1 or args.n_gpu > 1:
         return "several processes or devices (not supported yet)"
+    if not isinstance(rows, Dataset):
+        return "the training rows are streamed (data.streaming), so they are read once per pass, not held"
     return None
 
 

@@ -177,3 +177,16 @@ def test_cached_collator_pads_rows_and_keeps_label_kinds():
     assert regression.dtype == torch.float32 and multi["labels"].shape == (2, 2) and multi["labels"].dtype == torch.float32
     assert multi[COLUMN].shape == (2, 3) and "attention_mask" not in multi
     assert collate([{"input_ids": [1]}]) == {"plain": 1}  # eval batches go to the task's collator
+
+
+def test_streamed_training_rows_turn_the_cache_off() -> None:
+    """A streamed train split (data.streaming) is read pass by pass: nothing to cache, whatever the strategy."""
+    from datasets import IterableDataset
+
+    from sft_hub.frozen_cache import _why_not
+
+    stream = IterableDataset.from_generator(lambda: iter([{"input_ids": [1, 2]}]))
+    args = SimpleNamespace(world_size=1, n_gpu=1)
+    info = SimpleNamespace(modality="text")
+    assert "streamed" in _why_not("auto", info, args, stream)
+    assert _why_not("auto", info, args, __import__("datasets").Dataset.from_dict({"input_ids": [[1, 2]]})) is None
