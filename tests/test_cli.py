@@ -68,6 +68,7 @@ def test_help_and_recipes_listing():
     assert "text_classification/sentiment_minilm_lora.yaml" in listing and "Offline demo" in listing
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("strategy", [None, {"name": "partial", "n": 1, "unfreeze_after": {"steps": 2}, "layer_decay": 0.5}],
                          ids=["lora", "partial-unfreezing"])
 def test_two_process_ddp_on_cpu(tiny_bert, tmp_path, strategy):

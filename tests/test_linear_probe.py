@@ -87,6 +87,7 @@ def test_linear_probe_is_registered_with_checked_options():
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_process_probe_extracts_shards_and_fits_once(inputs, tmp_path):  # noqa: F811
     """gloo DDP on CPU: each rank extracts its half, rank 0 gathers, fits and caches; both ranks end with the same head."""
     import os

@@ -208,6 +208,7 @@ def test_learning_rates_per_strategy():
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_select_under_two_process_ddp(tmp_path):
     """Every rank trains every candidate (a time budget decided by rank 0's clock); rank 0 alone prints and writes."""
     import os
