@@ -20,16 +20,13 @@ from sft_hub.strategies.base import ModelInfo, freeze, keep_frozen_batchnorm_in_
 HEAD_FILE = "head.safetensors"
 
 
-@register
-class Head:
-    @dataclass
-    class Config(CacheOptions):  # cache_frozen, cache_dir: the backbone's outputs computed once (frozen_cache.py)
-        pass
+class HeadWeights:
+    """Only the new head learns and is saved (`<run>/head/head.safetensors`): `head` and `linear_probe` share this."""
 
-    name: ClassVar[str] = "head"
+    Config: ClassVar[type]
+    name: ClassVar[str]
     saved_as: ClassVar[str] = "head"
     merges: ClassVar[bool] = True  # the head file goes back into the model's own classifier
-    needs_training_loop: ClassVar[bool] = True
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or self.Config()
@@ -38,7 +35,7 @@ class Head:
         return {"name": self.name, **options_of(self.config)}
 
     def apply(self, model: nn.Module, info: ModelInfo) -> nn.Module:
-        freeze(model, info.head)
+        freeze(model, info.head)  # the head counts as trainable (and is what `save` writes); nothing else moves
         keep_frozen_batchnorm_in_eval(model)
         return model
 
@@ -52,3 +49,13 @@ class Head:
 
     def load(self, base: nn.Module, folder: Path) -> nn.Module:
         return load_into(base, saved_folder(self, folder) / HEAD_FILE)
+
+
+@register
+class Head(HeadWeights):
+    @dataclass
+    class Config(CacheOptions):  # cache_frozen, cache_dir: the backbone's outputs computed once (frozen_cache.py)
+        pass
+
+    name: ClassVar[str] = "head"
+    needs_training_loop: ClassVar[bool] = True

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,9 +26,8 @@ from sft_hub import features as feats
 from sft_hub.errors import ConfigError, RunError
 from sft_hub.probe_fit import ProbeOptions, fit_probe, probe_affine, write_probe
 from sft_hub.strategies import register
-from sft_hub.strategies.base import (FitInputs, ModelInfo, freeze, keep_frozen_batchnorm_in_eval, load_into, options_of,
-                                     save_trainable, saved_folder)
-from sft_hub.strategies.head import HEAD_FILE
+from sft_hub.strategies.base import FitInputs
+from sft_hub.strategies.head import HeadWeights
 
 log = logging.getLogger("sft_hub")
 CHECK_ROWS = 16  # training rows run through the whole model after fitting, against predict_proba
@@ -37,7 +35,7 @@ TOLERANCE = 1e-4  # on probabilities (the tests hold it to 1e-5); larger means a
 
 
 @register
-class LinearProbe:
+class LinearProbe(HeadWeights):
     @dataclass
     class Config:
         Cs: int | list[float] = field(default_factory=lambda: list(ProbeOptions().Cs))  # C grid (int: that many on 1e-4..1e4)
@@ -66,28 +64,6 @@ class LinearProbe:
     saved_as: ClassVar[str] = "head"  # only the head's weights (the fitted classifier, a fused projector) are saved
     merges: ClassVar[bool] = True  # the head goes back into the model's own classifier
     needs_training_loop: ClassVar[bool] = False  # the engine calls `fit` instead of Trainer.train
-
-    def __init__(self, config: Config | None = None) -> None:
-        self.config = config or self.Config()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **options_of(self.config)}
-
-    def apply(self, model: nn.Module, info: ModelInfo) -> nn.Module:
-        freeze(model, info.head)  # the head counts as trainable (and is what `save` writes); nothing else moves
-        keep_frozen_batchnorm_in_eval(model)
-        return model
-
-    def param_groups(self, model: nn.Module, lr: float) -> list[dict] | None:
-        return None
-
-    def save(self, model: nn.Module, folder: Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-        target = Path(folder) / self.saved_as
-        save_trainable(model, target / HEAD_FILE, state_dict)
-        return target
-
-    def load(self, base: nn.Module, folder: Path) -> nn.Module:
-        return load_into(base, saved_folder(self, folder) / HEAD_FILE)
 
     def fit(self, model: nn.Module, inputs: FitInputs) -> dict[str, Any]:
         """Features (cached) -> scikit-learn -> the classifier's weights; returns the run's train metrics."""
