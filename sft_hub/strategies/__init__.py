@@ -8,12 +8,13 @@ Each module of this package (besides `base`) defines strategy classes and regist
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from typing import Any
 
 from sft_hub.errors import ConfigError
-from sft_hub.schema import check_type, from_dict, suggest
+from sft_hub.schema import check_type, from_dict, suggest, unknown_key
 from sft_hub.strategies.base import (  # noqa: F401  (the shared helpers, importable from the package)
     FitInputs,
     ModelInfo,
@@ -68,6 +69,10 @@ def parse_strategy(raw: Any) -> Strategy:
         if key in canonical:
             raise ConfigError(f"strategy.{key}: given twice (once through an alias)")
         canonical[key] = value
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    for key in canonical:
+        if key not in fields:  # `name` and the aliases are valid spellings too, so suggest among them
+            raise unknown_key("strategy", key, fields | {"name"} | set(aliases))
     return cls(from_dict(cls.Config, canonical, "strategy"))
 
 

@@ -51,6 +51,8 @@ def test_options_round_trip_through_to_dict():
     ({"name": "lora", "alpha": 8, "lora_alpha": 16}, r"strategy.lora_alpha: given twice"),
     ({"name": "lora", "layers_to_transform": [0], "target_modules": "query"}, r"strategy.layers_to_transform: "),
     ({"name": "head", "r": 4}, r"strategy.r: unknown key"),
+    ({"name": "lora", "nme": "lora"}, r"strategy.nme: unknown key; did you mean 'name'\?"),
+    ({"name": "lora", "dropuot": 0.1}, r"strategy.dropuot: unknown key; did you mean 'dropout'\?"),
     ("full ", r"strategy.name: unknown strategy 'full '"),
 ])
 def test_bad_options_name_the_field(raw, message):
