@@ -298,8 +298,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """argparse, plus what users type: words after a flag (`train R --overwrite a=1`, `predict RUN --json "text"`)
+    still belong to the trailing list (overrides, or predict's inputs); argparse alone rejects them."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    trailing = "overrides" if hasattr(args, "overrides") else "args" if args.command == "predict" else None
+    if trailing:
+        stray = [x for x in extra if x.startswith("-")]
+        if stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        setattr(args, trailing, list(getattr(args, trailing)) + extra)
+        resume = getattr(args, "resume", None)
+        if isinstance(resume, str) and "=" in resume and not os.path.exists(resume):
+            # `--resume training.seed=1`: the optional CHECKPOINT swallowed an override
+            args.resume, args.overrides = True, [resume] + args.overrides
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.command not in ("recipes",):  # reloading a run is routine: only warnings that matter to the user

@@ -61,6 +61,26 @@ def test_errors_are_one_line(tmp_path, tiny_bert):
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: run directory")
 
 
+def test_words_after_a_flag_still_belong_to_the_trailing_list(tmp_path, capsys):
+    from sft_hub.cli import parse
+
+    a = parse(["train", "r.yaml", "a=1", "--overwrite", "b=2"])
+    assert (a.recipe, a.overrides, a.overwrite) == ("r.yaml", ["a=1", "b=2"], True)
+    a = parse(["train", "r.yaml", "--resume", "training.seed=3"])  # not a checkpoint: an override
+    assert (a.resume, a.overrides) == (True, ["training.seed=3"])
+    ckpt = tmp_path / "checkpoint-4"
+    ckpt.mkdir()
+    assert parse(["train", "r.yaml", "--resume", str(ckpt), "x=1"]).resume == str(ckpt)
+    assert parse(["predict", "RUN", "--json", "a fine film", "dull"]).args == ["RUN", "a fine film", "dull"]
+    for argv in (["train", "r.yaml", "a=1", "--bogus"], ["compare", "RUN", "extra", "--json", "x"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parse(argv)
+        assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [  # compare has no trailing list: "x" after --json is nobody's
+        "error: sft-hub: unrecognized arguments: --bogus (see sft-hub --help)",
+        "error: sft-hub: unrecognized arguments: x (see sft-hub --help)"]
+
+
 def test_help_and_recipes_listing():
     for cmd in ([], ["train"], ["eval"], ["predict"], ["recipes"], ["demo"]):
         assert "usage: sft-hub" in sft_hub(*cmd, "--help").stdout
