@@ -209,6 +209,9 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
         run.save_check_inputs(_check_inputs(encoded, collator, data))
         manifest = build_manifest(recipe, built, base_ref, base_files, data, frozen_before, trained_sha, distributed.parameter_counts(model),
                                   metrics, train_metrics, args, task)
+        # what ran, which a launcher can set (`accelerate launch --mixed_precision bf16`) without the recipe's flags
+        mixed = getattr(trainer.accelerator, "mixed_precision", "no")
+        manifest["precision"] = {"no": "fp32"}.get(mixed, mixed)
         manifest["nonfinite_skipped"] = guard.skipped
         manifest["resources"] = resources
         if frozen_cache is not None:

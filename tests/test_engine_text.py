@@ -76,6 +76,12 @@ def test_bf16_on_cpu(tiny_bert, sentiment_files, tmp_path):
     assert np.isfinite(result["metrics"]["validation"]["eval_validation_loss"])
 
 
+def test_manifest_records_a_launcher_given_precision(tiny_bert, sentiment_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch --mixed_precision bf16` sets
+    result = train(parse_recipe(text_recipe(tiny_bert, sentiment_files, tmp_path / "launched", max_steps=1)))
+    assert result["manifest"]["precision"] == "bf16"
+
+
 def test_output_dir_holding_another_run_is_refused(tiny_bert, sentiment_files, tmp_path):
     out = tmp_path / "run"
     train(parse_recipe(text_recipe(tiny_bert, sentiment_files, out, max_steps=1)))
