@@ -1,11 +1,12 @@
 """One training step of LoRA against one of full fine-tuning: MiniLM-L6 on SST-2 batches, in one run.
 
-Three models from the same seeded start: full fine-tuning, LoRA through peft's own forward (the path
-before `sft_hub.lora_fast`), and LoRA as sft-hub trains it now (`lora_fast` installed by the strategy).
+Four models from the same seeded start: full fine-tuning, LoRA through peft's own forward (the path
+before `sft_hub.lora_fast`), LoRA as sft-hub trains it now (`lora_fast` installed by the strategy), and
+the same with `dropout: 0` (a different recipe, not the same results: it shows what the dropout draws cost).
 LoRA as in the SST-2 recipe (r 8, alpha 16, dropout 0.1, query/key/value/dense). Batches: the first
 `--n` SST-2 training sentences, tokenised and cut into length-grouped batches of 32 by the engine's
 sampler; optimisers from `Trainer.create_optimizer` (the engine's default, fused AdamW). A step is
-forward, backward, optimizer step and zero_grad. Every round steps the three models on the same batch in
+forward, backward, optimizer step and zero_grad. Every round steps the four models on the same batch in
 rotating order, batch by batch, so load from other jobs on the machine hits all three alike; the table
 gives the median CPU time of a step (process time, one torch thread by default: on a shared machine
 wall time mostly measures the other jobs) and the median over rounds of each round's time ratio to full fine-tuning.
@@ -65,7 +66,8 @@ def build(kind: str):
 
     set_seed(42)
     built = text.build_model(text.ModelConfig(MODEL), ["negative", "positive"])
-    model = parse_strategy({"name": "full"} if kind == "full" else LORA).apply(built.model, built.info)
+    spec = {"name": "full"} if kind == "full" else {**LORA, "dropout": 0.0} if "dropout 0" in kind else LORA
+    model = parse_strategy(spec).apply(built.model, built.info)
     if kind == "lora (peft)":
         lora_fast.uninstall(model)
     model.train()
@@ -125,7 +127,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     batches = sst2_batches(Path(a.data_dir), a.n)
     logit_diff, grad_diff = equality(batches[0])
-    kinds = ["full", "lora (peft)", "lora (sft-hub)"]
+    kinds = ["full", "lora (peft)", "lora (sft-hub)", "lora dropout 0"]
     models = {k: build(k) for k in kinds}
     for k in kinds:  # warm-up: first-call allocations and kernel selection
         step(*models[k], batches[1])
@@ -146,11 +148,11 @@ def main() -> None:
           f"{a.rounds} rounds x {a.batches} batches, torch threads {torch.get_num_threads()}")
     print(f"LoRA paths on one batch: max |logit diff| {logit_diff:.1e}, max |grad diff| {grad_diff:.1e}")
     print()
-    print(f"| {'step':<15} | {'median CPU ms/step':>18} | {'ratio to full (median of rounds)':>33} |")
-    print(f"|{'-' * 17}|{'-' * 20}|{'-' * 35}|")
+    print(f"| {'step':<16} | {'median CPU ms/step':>18} | {'ratio to full (median of rounds)':>33} |")
+    print(f"|{'-' * 18}|{'-' * 20}|{'-' * 35}|")
     for k in kinds:
         ratio = statistics.median(t / f for t, f in zip(times[k], times["full"]))
-        print(f"| {k:<15} | {1000 * statistics.median(times[k]):>18.1f} | {ratio:>33.2f} |")
+        print(f"| {k:<16} | {1000 * statistics.median(times[k]):>18.1f} | {ratio:>33.2f} |")
 
 
 if __name__ == "__main__":
