@@ -7,7 +7,7 @@ LoRA as in the SST-2 recipe (r 8, alpha 16, dropout 0.1, query/key/value/dense).
 `--n` SST-2 training sentences, tokenised and cut into length-grouped batches of 32 by the engine's
 sampler; optimisers from `Trainer.create_optimizer` (the engine's default, fused AdamW). A step is
 forward, backward, optimizer step and zero_grad. Every round steps the four models on the same batch in
-rotating order, batch by batch, so load from other jobs on the machine hits all three alike; the table
+rotating order, batch by batch, so load from other jobs on the machine hits all four alike; the table
 gives the median CPU time of a step (process time, one torch thread by default: on a shared machine
 wall time mostly measures the other jobs) and the median over rounds of each round's time ratio to full fine-tuning.
 Before timing, both LoRA paths run one step on a fixed batch from the same RNG state and the script
