@@ -1,13 +1,15 @@
 """One training step of LoRA against one of full fine-tuning: MiniLM-L6 on SST-2 batches, in one run.
 
-Four models from the same seeded start: full fine-tuning, LoRA through peft's own forward (the path
-before `sft_hub.lora_fast`), LoRA as sft-hub trains it now (`lora_fast` installed by the strategy), and
-the same with `dropout: 0` (a different recipe, not the same results: it shows what the dropout draws cost).
+Five models from the same seeded start: full fine-tuning as the engine runs it (the anchor; the model's
+nn.Dropout layers through `sft_hub.fast_dropout`), the same with torch's own dropout, LoRA through peft's own
+forward and torch's dropout (the path before `sft_hub.lora_fast`), LoRA as sft-hub trains it now
+(`lora_fast` + `fast_dropout`), and the same with `dropout: 0` (a different recipe, not the same results: it
+shows what LoRA's dropout still costs).
 LoRA as in the SST-2 recipe (r 8, alpha 16, dropout 0.1, query/key/value/dense). Batches: the first
 `--n` SST-2 training sentences, tokenised and cut into length-grouped batches of 32 by the engine's
 sampler; optimisers from `Trainer.create_optimizer` (the engine's default, fused AdamW). A step is
-forward, backward, optimizer step and zero_grad. Every round steps the four models on the same batch in
-rotating order, batch by batch, so load from other jobs on the machine hits all four alike; the table
+forward, backward, optimizer step and zero_grad. Every round steps the five models on the same batch in
+rotating order, batch by batch, so load from other jobs on the machine hits all five alike; the table
 gives the median CPU time of a step (process time, one torch thread by default: on a shared machine
 wall time mostly measures the other jobs) and the median over rounds of each round's time ratio to full fine-tuning.
 Before timing, both LoRA paths run one step on a fixed batch from the same RNG state and the script
@@ -59,17 +61,19 @@ def build(kind: str):
     """(model, optimizer) for 'full', 'lora (peft)' or 'lora (sft-hub)', from the same seeded head."""
     from transformers import Trainer, set_seed
 
-    from sft_hub import lora_fast
+    from sft_hub import fast_dropout, lora_fast
     from sft_hub.strategies import parse_strategy
     from sft_hub.tasks import text
     from sft_hub.training_args import build_training_args
 
     set_seed(42)
     built = text.build_model(text.ModelConfig(MODEL), ["negative", "positive"])
-    spec = {"name": "full"} if kind == "full" else {**LORA, "dropout": 0.0} if "dropout 0" in kind else LORA
+    spec = {"name": "full"} if kind.startswith("full") else {**LORA, "dropout": 0.0} if "dropout 0" in kind else LORA
     model = parse_strategy(spec).apply(built.model, built.info)
     if kind == "lora (peft)":
         lora_fast.uninstall(model)
+    if kind not in ("lora (peft)", "full, torch drop"):
+        fast_dropout.install(model)  # as the engine does
     model.train()
     lr = 5e-5 if kind == "full" else 1e-3
     args = build_training_args({"learning_rate": lr, "weight_decay": 0.01, "report_to": "none"}, Path(tempfile.mkdtemp()))
@@ -86,7 +90,7 @@ def equality(batch: dict) -> tuple[float, float]:
     """(max |logit diff|, max |grad diff|) of the two LoRA paths on one batch from the same RNG state."""
     import torch
 
-    from sft_hub import lora_fast
+    from sft_hub import fast_dropout, lora_fast
 
     ref, _ = build("lora (peft)")
     with torch.no_grad():  # a trained-looking adapter: B is zero at initialisation, which would hide A's gradients
@@ -95,6 +99,7 @@ def equality(batch: dict) -> tuple[float, float]:
                 p.normal_(0, 0.02, generator=torch.Generator().manual_seed(len(name)))
     fast = copy.deepcopy(ref)
     lora_fast.install(fast)
+    fast_dropout.install(fast)
     out = {}
     for name, model in (("ref", ref), ("fast", fast)):
         torch.manual_seed(123)
@@ -127,7 +132,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     batches = sst2_batches(Path(a.data_dir), a.n)
     logit_diff, grad_diff = equality(batches[0])
-    kinds = ["full", "lora (peft)", "lora (sft-hub)", "lora dropout 0"]
+    kinds = ["full", "full, torch drop", "lora (peft)", "lora (sft-hub)", "lora dropout 0"]
     models = {k: build(k) for k in kinds}
     for k in kinds:  # warm-up: first-call allocations and kernel selection
         step(*models[k], batches[1])

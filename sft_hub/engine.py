@@ -20,7 +20,7 @@ import torch
 from datasets import IterableDataset
 from transformers import EarlyStoppingCallback, set_seed
 
-from sft_hub import console, controls, cpu_sharding, distributed, runs, streaming
+from sft_hub import console, controls, cpu_sharding, distributed, fast_dropout, runs, streaming
 from sft_hub.base_model import SAVED_BASE, files_sha256
 from sft_hub.callbacks import CompleteCheckpoints, EpochSeeds, FiniteWeights, GracefulStop, MetricsLog, NonFiniteGuard
 from sft_hub.card import write_model_card
@@ -117,6 +117,7 @@ def _train(recipe: Recipe, task, data, args, keep: int | None, seed: int, overwr
             built.model.save_pretrained(Path(tmp) / SAVED_BASE, safe_serialization=True)
             base_ref, base_files = built.base.saved_in_run(), files_sha256((Path(tmp) / SAVED_BASE).glob("*.safetensors"))
         model = strategy.apply(built.model, built.info)
+        fast_dropout.install(model)  # CPU float32 training: torch's dropout draws, bit for bit, from a compiled kernel
         checkpoint = _start_run_dir(run, recipe, data, args, mode, resume)  # the first write into the run dir
         if keep_base:
             shutil.move(str(Path(tmp) / SAVED_BASE), run_dir / SAVED_BASE)
