@@ -12,7 +12,9 @@ outputs once it runs in eval mode. `prepare` (called by the engine) then:
   4. gives the Trainer a dataset of cached rows, a collator that pads them (eval batches go to the task's own
      collator) and a forward on the model that runs only the trainable top for cached batches: for that call
      the embeddings are swapped for the cached tensor and the blocks' ModuleList for its top blocks, so
-     parameter names, checkpoints, resume and saving are those of the normal path.
+     parameter names, checkpoints, resume and saving are those of the normal path. Where the model is BERT's
+     sequence classifier (it reads position 0 only), the last block runs for [CLS] only (cls_only.py: exact;
+     the manifest's `frozen_cache.last_block` says which form ran and why).
 Frozen layers therefore run in eval mode (no dropout), which the manifest's `frozen_cache` records with the
 key. `auto` is off for image and audio tasks (their training rows are augmented: inputs change every epoch)
 and under several processes or devices; `true` there is an error naming the field.
@@ -37,7 +39,7 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from sft_hub import features as feats
-from sft_hub.cls_only import ClsOnlyLayer, why_not as cls_only_why_not
+from sft_hub.cls_only import bert_top, why_not as cls_only_why_not
 from sft_hub.errors import ConfigError, RunError
 from sft_hub.frozen_hidden import COLUMN, capture, cached_hidden
 
@@ -117,8 +119,8 @@ def _top_forward(model: nn.Module, plan: Plan, original: Any, inputs: dict[str, 
         return SequenceClassifierOutput(logits=model.get_submodule(plan.cut)(x))
     trunk = model.get_submodule(plan.trunk)
     top = list(trunk)[plan.first_top:]
-    if plan.cls_only:  # only position 0 of the last block reaches the logits
-        top[-1] = ClsOnlyLayer(top[-1])
+    if plan.cls_only:  # only position 0 of the last block reaches the logits, and no padded position at all
+        top = bert_top(top, inputs["attention_mask"])
     embeddings = _set(model, plan.embeddings, _Feed(x))
     _set(model, plan.trunk, nn.ModuleList(top))
     try:  # inputs_embeds gives the model the batch's shape; the swapped embeddings return the cached states

@@ -1,5 +1,6 @@
-"""The cached top's last BERT block run for [CLS] only (cls_only.py): the whole model's logits, loss and gradients
-in eval mode, dropout still active in train mode, and the whole block wherever the form is not known to be exact.
+"""The cached top's BERT blocks in cls_only.py's forms (the last for [CLS] only, those below on real tokens only): the
+whole model's logits, loss and gradients in eval mode, dropout still active in train mode, and the whole blocks
+wherever the forms are not known to be exact.
 
 Offline: the tiny 2-layer BERT of conftest, CSV sentences in tmp_path (fixtures shared through conftest).
 """
@@ -34,8 +35,8 @@ def test_cls_only_top_gives_the_whole_models_loss_and_gradients(tiny_bert, senti
     assert p.model.config._attn_implementation == attention
     assert p.record["used"] is True and p.record["last_block"] == "[CLS] only" and p.record["check_max_abs_diff"] < 1e-5
     calls = []
-    real = cls_only.ClsOnlyLayer.forward
-    monkeypatch.setattr(cls_only.ClsOnlyLayer, "forward", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    for form in (cls_only.ClsOnlyLayer, cls_only.PackedLayer):
+        monkeypatch.setattr(form, "forward", lambda self, *a, real=form.forward, **k: calls.append(type(self).__name__) or real(self, *a, **k))
     plain = p.collate([p.encoded[i] for i in ROWS])
     cached = p.cached_collate([p.rows[i] for i in ROWS])
     assert plain["attention_mask"].min() == 0  # padded rows in the batch
@@ -43,7 +44,8 @@ def test_cls_only_top_gives_the_whole_models_loss_and_gradients(tiny_bert, senti
     want_logits, want_loss, want = loss_and_grads(p.model, plain)
     assert not calls  # the uncached path runs the whole model
     got_logits, got_loss, got = loss_and_grads(p.model, cached)
-    assert calls == [1]  # the cached path ran the last block for [CLS] only
+    # the cached path ran the last block for [CLS] only, and the one below it (n: 2) on the real tokens only
+    assert calls == ["PackedLayer"] * (n - 1) + ["ClsOnlyLayer"]
     assert torch.allclose(got_logits, want_logits, atol=1e-5) and abs(got_loss.item() - want_loss.item()) < 1e-5
     assert got.keys() == want.keys() and any("encoder.layer.1.attention.self.key" in k for k in got)
     scale = max(g.abs().max().item() for g in want.values())
@@ -94,4 +96,4 @@ def test_whole_block_wherever_the_form_is_not_known_to_be_exact():
     other.config._attn_implementation = "flex_attention"
     assert "attention implementation 'flex_attention'" == cls_only.why_not(other, trunk, list(other.bert.encoder.layer))
     other.config._attn_implementation = "eager"
-    assert cls_only.why_not(other, trunk, [torch.nn.Linear(2, 2)]) == "the last block is not a BertLayer with BERT self-attention"
+    assert cls_only.why_not(other, trunk, [torch.nn.Linear(2, 2)]) == "a trained block is not a BertLayer with BERT self-attention"
