@@ -1,16 +1,17 @@
-"""The frozen cache's last trained block computed for the [CLS] position only (issue 13, `partial`): exact, BERT only.
+"""The frozen cache's trained BERT blocks computed only where the logits need them (issue 13, `partial`): exact.
 
 `BertForSequenceClassification` reads the encoder's output at position 0 only (its pooler takes
-`hidden[:, 0]`, then dropout and the classifier). In the last encoder block every other position is dead
-work: its keys and values still need every token (they come from the block below), but the query
-projection, the attention over one query row, the attention output dense + LayerNorm and the feed-forward
-(intermediate, output dense + LayerNorm) are needed for position 0 alone. `ClsOnlyLayer` runs the block
-that way and returns a (batch, 1, hidden) tensor, which the pooler reads as before. It is used only in the
-cached top's forward (`frozen_cache._top_forward`), where sft-hub owns the call, and only when `why_not`
-finds the exact classes whose code it mirrors (transformers 5 `BertLayer`, eager or sdpa attention, no
-decoder / cross-attention); anything else runs the whole block. In eval mode it gives the whole block's
-logits and gradients (float rounding aside); in train mode its dropouts draw masks for row 0 only, so the
-RNG stream differs from the whole block's: another, equally valid draw, not the same training.
+`hidden[:, 0]`, then dropout and the classifier), and padded positions reach nothing (they are masked keys).
+So in the cached top's forward (`frozen_cache._top_forward`, where sft-hub owns the call):
+  - the last block runs for [CLS] only (`ClsOnlyLayer`): keys and values still span every token, but the
+    query, the attention over one query row, the attention output dense + LayerNorm and the feed-forward
+    are computed for position 0 alone, and the key/value projections are moved onto that one query;
+  - the trained blocks below it run their per-token parts on the real tokens only (`PackedLayer`).
+Used only when `why_not` finds the exact classes whose code these forms mirror (transformers 5 `BertLayer`,
+eager or sdpa attention, no decoder / cross-attention); anything else runs the whole blocks. In eval mode
+they give the whole blocks' logits and gradients (float rounding aside); in train mode their dropouts
+draw masks for fewer elements, so the RNG stream differs from the whole blocks': another, equally valid
+draw, not the same training.
 """
 
 from __future__ import annotations
