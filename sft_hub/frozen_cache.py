@@ -13,8 +13,8 @@ outputs once it runs in eval mode. `prepare` (called by the engine) then:
      collator) and a forward on the model that runs only the trainable top for cached batches: for that call
      the embeddings are swapped for the cached tensor and the blocks' ModuleList for its top blocks, so
      parameter names, checkpoints, resume and saving are those of the normal path. Where the model is BERT's
-     sequence classifier (it reads position 0 only), the last block runs for [CLS] only (cls_only.py: exact;
-     the manifest's `frozen_cache.last_block` says which form ran and why).
+     sequence classifier (it reads position 0 only), the last block runs for [CLS] only and the ones below
+     on real tokens only (cls_only.py: exact; the manifest's `frozen_cache.last_block` says which ran).
 Frozen layers therefore run in eval mode (no dropout), which the manifest's `frozen_cache` records with the
 key. `auto` is off for image and audio tasks (their training rows are augmented: inputs change every epoch)
 and under several processes or devices; `true` there is an error naming the field.
