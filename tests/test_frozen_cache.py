@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from conftest import text_recipe
+from conftest import FROZEN_ARGS as ARGS, prepared_frozen_cache as prepared, text_recipe
 from safetensors.torch import load_file
 
 from sft_hub import runs
@@ -21,27 +21,6 @@ from sft_hub.config import parse_recipe
 from sft_hub.engine import train
 from sft_hub.errors import ConfigError
 from sft_hub.frozen_cache import COLUMN, find_plan, prepare
-from sft_hub.strategies import FitInputs
-from sft_hub.tasks import get_task
-
-ARGS = SimpleNamespace(world_size=1, n_gpu=0, per_device_eval_batch_size=8, dataloader_num_workers=0)
-
-
-def prepared(raw: dict):
-    """Data, model with the strategy applied, and the frozen cache's (train rows, collator, record)."""
-    recipe = parse_recipe(raw)
-    task = get_task(recipe.task)
-    data = task.load_data(recipe.data, 0)
-    processor = task.load_processor(recipe.model)
-    encoded = task.encode(data.splits, processor, recipe.data, recipe.model, data.train_split)
-    collate = task.collator(processor, recipe.data)
-    torch.manual_seed(0)
-    built = task.build_model(recipe.model, data.labels)
-    model = recipe.strategy.apply(built.model, built.info)
-    inputs = FitInputs(task, recipe, data, encoded, processor, collate, built.info, ARGS)
-    rows, cached_collate, record = prepare(recipe.strategy, model, built.info, inputs, ARGS)
-    return SimpleNamespace(model=model, info=built.info, encoded=encoded[data.train_split], collate=collate,
-                           rows=rows, cached_collate=cached_collate, record=record)
 
 
 @pytest.mark.parametrize("strategy", [{"name": "head"}, {"name": "partial", "n": 1}, {"name": "partial", "n": 2}])
@@ -52,6 +31,7 @@ def test_cached_batch_gives_the_uncached_loss_in_eval_mode(tiny_bert, sentiment_
     assert p.record["used"] is True and p.record["cache"] == "extracted"
     assert p.record["cut"] == {"head": "input of classifier", 1: "output of bert.encoder.layer.0",
                                2: "output of bert.embeddings"}[strategy.get("n", "head")]
+    assert p.record.get("last_block") == (None if strategy["name"] == "head" else "[CLS] only")
     index = [0, 5, 11, 17, 23, 29]  # rows of different lengths: the cached batch is padded again
     plain = p.collate([p.encoded[i] for i in index])
     cached = p.cached_collate([p.rows[i] for i in index])
@@ -92,9 +72,10 @@ def saved(run_dir, folder: str) -> dict:
     return {k: v for f in sorted((run_dir / folder).glob("*.safetensors")) for k, v in load_file(str(f)).items()}
 
 
-@pytest.mark.parametrize("strategy", [{"name": "head"}, {"name": "partial", "n": 1}])
+@pytest.mark.parametrize("strategy", [{"name": "head"}, {"name": "partial", "n": 1}, {"name": "partial", "n": 2}])
 def test_training_on_the_cache_matches_training_without_it(tiny_bert, sentiment_files, tmp_path, strategy):
-    """Without dropout the frozen part gives the same outputs in train and eval mode: both runs learn the same weights."""
+    """Without dropout the frozen part gives the same outputs in train and eval mode: both runs learn the same weights
+    (`partial`: with the last block run for [CLS] only in the cached run, the whole block in the other)."""
     out = {}
     for flag in (True, False):
         raw = text_recipe(tiny_bert, sentiment_files, tmp_path / str(flag), {**strategy, "cache_frozen": flag},
@@ -102,6 +83,7 @@ def test_training_on_the_cache_matches_training_without_it(tiny_bert, sentiment_
         out[flag] = train(parse_recipe(raw))
     on, off = out[True]["manifest"], out[False]["manifest"]
     assert on["frozen_cache"]["used"] is True and on["frozen_cache"]["frozen_layers"].startswith("eval")
+    assert on["frozen_cache"].get("last_block") == (None if strategy["name"] == "head" else "[CLS] only")
     assert on["frozen_cache"]["check_max_abs_diff"] <= 1e-4 and len(on["frozen_cache"]["key"]) == 32
     assert off["frozen_cache"] == {"used": False, "option": False, "reason": "strategy.cache_frozen is false"}
     a, b = saved(tmp_path / "True", on["saved_as"]), saved(tmp_path / "False", off["saved_as"])

@@ -73,6 +73,9 @@ def test_finite_weights_callback_checks_trainable_parameters_only():
     args, state = type("A", (), {"learning_rate": 1.0})(), type("S", (), {"global_step": 3})()
     guard.on_step_end(args, state, None)
     with torch.no_grad():
+        model[1].weight.fill_(3e38)  # finite elements whose sum overflows: checked one by one, no false alarm
+    guard.on_step_end(args, state, None)
+    with torch.no_grad():
         model[1].bias[0] = np.inf
     with pytest.raises(NonFiniteLoss, match="after step 3 .in 1.bias"):
         guard.on_step_end(args, state, None)
