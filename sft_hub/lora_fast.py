@@ -10,11 +10,15 @@ dropped input kept for backward (two tensors the size of the input per layer).
 `LoraDelta` computes `lora_B(lora_A(dropout(x))) * scaling` exactly as peft does in the forward pass
 (same mask from the same RNG draws, same ops, so the output is bit-identical), keeps only a boolean
 mask and the input for backward (the dropped input is recomputed), and does the backward matmuls in
-the fast layouts (equal to autograd's to float rounding; tests compare both paths to 1e-6). The RNG
-draws cannot get cheaper without changing results, so they stay.
+the fast layouts (equal to autograd's to float rounding; tests compare both paths to 1e-6). Where the
+bits stay the same, tensors are reused in place (the dropout noise becomes the dropped input, the delta
+is added into the base output): fewer input-sized temporaries per layer leave fewer holes in the heap,
+which lowered MiniLM's LoRA peak RSS (benchmarks/memory.py). The RNG draws cannot get cheaper without
+changing results, so they stay.
 
 `install(model)` swaps the forward of each plain LoRA Linear (no DoRA or other variant, no LoRA bias,
-no mixed-adapter batches, no autocast); anything else falls through to peft's own forward. Parameters, module
+no mixed-adapter batches, no autocast); anything else falls through to peft's own forward. LoRA Conv2d
+layers (timm CNNs) keep peft's ops and only get the in-place scaling and sum. Parameters, module
 names, saving, loading and merging are peft's, untouched.
 """
 
@@ -35,11 +39,13 @@ class LoraDelta(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, keep: torch.Tensor | None,
                 keep_prob: float, scaling: float) -> torch.Tensor:
         # torch's CPU dropout: noise = bernoulli(keep_prob) as floats, noise /= keep_prob, x * noise
-        dropped = x * keep.to(x.dtype).div_(keep_prob) if keep is not None else x
+        # in place where the bits are the same (noise * x == x * noise): fewer input-sized temporaries
+        dropped = keep.to(x.dtype).div_(keep_prob).mul_(x) if keep is not None else x
         h = F.linear(dropped, a)
+        del dropped
         ctx.save_for_backward(x, a, b, keep, h)
         ctx.keep_prob, ctx.scaling = keep_prob, scaling
-        return F.linear(h, b) * scaling
+        return F.linear(h, b).mul_(scaling)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
@@ -51,13 +57,13 @@ class LoraDelta(torch.autograd.Function):
         grad_b = (h2.t() @ g).t() if ctx.needs_input_grad[2] else None  # = g.T @ h
         grad_h = (b.t() @ g.t()).t()  # = g @ b
         grad_a = grad_x = None
-        if ctx.needs_input_grad[1]:
-            dropped = (x * noise if noise is not None else x).reshape(-1, x.shape[-1])
-            grad_a = grad_h.t() @ dropped
         if ctx.needs_input_grad[0]:
             grad_x = (a.t() @ grad_h.t()).t().reshape(x.shape)  # = grad_h @ a
             if noise is not None:
                 grad_x = grad_x * noise
+        if ctx.needs_input_grad[1]:  # after grad_x: the noise buffer becomes the dropped input
+            dropped = (noise.mul_(x) if noise is not None else x).reshape(-1, x.shape[-1])
+            grad_a = grad_h.t() @ dropped
         return grad_x, grad_a, grad_b, None, None, None
 
 
@@ -86,18 +92,46 @@ def _forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
         plans.append((name, a, b))
     result = self.base_layer(x)
     result_dtype = result.dtype
+    inplace = _can_add_in_place(self.base_layer, nn.Linear)
     for name, a, b in plans:
         x = self._cast_input_dtype(x, a.weight.dtype)
         mask = _keep_mask(self.lora_dropout[name], x)
         if mask is None:
-            result = result + b(a(self.lora_dropout[name](x))) * self.scaling[name]
-            continue
-        result = result + LoraDelta.apply(x, a.weight, b.weight, mask[0], mask[1], self.scaling[name])
+            delta = b(a(self.lora_dropout[name](x))).mul_(self.scaling[name])
+        else:
+            delta = LoraDelta.apply(x, a.weight, b.weight, mask[0], mask[1], self.scaling[name])
+        result = result.add_(delta) if inplace and delta.dtype == result.dtype else result + delta
     return result.to(result_dtype)
 
 
+def _can_add_in_place(base: nn.Module, kind: type) -> bool:
+    """Whether the LoRA delta may be added into the base layer's output: the same sum, bit for bit, without an
+    output-sized temporary. Only when nothing else can hold that output: a plain `kind` layer (which does not
+    save its output for backward) with no forward hooks."""
+    return type(base) is kind and not (base._forward_hooks or nn.modules.module._global_forward_hooks)
+
+
+def _conv_forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """peft's `lora.Conv2d.forward` for plain LoRA, its ops unchanged; the scaling and the sum done in place."""
+    reference = type(self).forward
+    if args or kwargs or self.disable_adapters or self.merged or torch.is_autocast_enabled(x.device.type):
+        return reference(self, x, *args, **kwargs)
+    active = [n for n in self.active_adapters if n in self.lora_A.keys()]
+    # lora_B's output is only scaled in place when lora_B is a plain conv (it does not save its output)
+    if any(n in self.lora_variant or type(self.lora_B[n]) is not nn.Conv2d for n in active):
+        return reference(self, x)
+    result = self.base_layer(x)
+    result_dtype = result.dtype
+    inplace = _can_add_in_place(self.base_layer, nn.Conv2d)
+    for name in active:
+        x = self._cast_input_dtype(x, self.lora_A[name].weight.dtype)
+        delta = self.lora_B[name](self.lora_A[name](self.lora_dropout[name](x))).mul_(self.scaling[name])
+        result = result.add_(delta) if inplace and delta.dtype == result.dtype else result + delta
+    return result.to(result_dtype)
+
 def install(model: nn.Module) -> int:
-    """Route every peft LoRA Linear of `model` through the fast step; returns how many layers were switched."""
+    """Route every peft LoRA Linear (and Conv2d) of `model` through the fast step; returns how many layers were switched."""
+    from peft.tuners.lora import Conv2d as LoraConv2d
     from peft.tuners.lora import Linear as LoraLinear
 
     count = 0
@@ -105,14 +139,16 @@ def install(model: nn.Module) -> int:
         if type(module) is LoraLinear and not getattr(module, "fan_in_fan_out", False):
             module.forward = types.MethodType(_forward, module)
             count += 1
+        elif type(module) is LoraConv2d:
+            module.forward = types.MethodType(_conv_forward, module)
+            count += 1
     return count
-
 
 def uninstall(model: nn.Module) -> int:
     """Back to peft's own forward everywhere (the reference path of benchmarks and tests)."""
     count = 0
     for module in model.modules():
-        if getattr(module.forward, "__func__", None) is _forward:
+        if getattr(module.forward, "__func__", None) in (_forward, _conv_forward):
             del module.forward
             count += 1
     return count
