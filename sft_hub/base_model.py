@@ -151,5 +151,5 @@ def tensors_sha256(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     for name, t in sorted(named, key=lambda kv: kv[0]):
         t = t.detach().to("cpu").contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
     return digest.hexdigest()

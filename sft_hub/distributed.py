@@ -80,7 +80,8 @@ def fingerprint(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
     for name, t in named:
         full = full_tensor(t).contiguous()
         digest.update(f"{name}|{full.dtype}|{tuple(full.shape)}".encode())
-        digest.update(full.reshape(-1).view(torch.uint8).numpy().tobytes() if full.numel() else b"")
+        # the array itself (buffer protocol), not `.tobytes()`: no transient copy of the largest tensor
+        digest.update(full.reshape(-1).view(torch.uint8).numpy() if full.numel() else b"")
     return digest.hexdigest()
 
 

@@ -17,11 +17,10 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
-from timm.utils import ModelEmaV3
 from torch import nn
 from transformers import TrainerCallback
 
@@ -73,7 +72,7 @@ class WeightEma(TrainerCallback):
         self.config, self.resume_from = config, resume_from
         self.trainer = None
         self.view: _Tracked | None = None
-        self.ema: ModelEmaV3 | None = None
+        self.ema: Any = None  # timm's ModelEmaV3 once training begins
         self.final = False
 
     def attach(self, trainer) -> None:
@@ -91,6 +90,8 @@ class WeightEma(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         # after Trainer loaded a resumed checkpoint's weights: the view sees the weights training starts from
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        from timm.utils import ModelEmaV3  # here, not at module level: a text run without EMA never loads timm (~22 MB)
+
         self.view = _Tracked(model)
         self.ema = ModelEmaV3(self.view, decay=self.config.decay, use_warmup=self.config.warmup,
                               warmup_power=self.config.warmup_power)

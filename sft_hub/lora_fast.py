@@ -13,10 +13,13 @@ mask and the input for backward (the dropped input is recomputed), and does the 
 the fast layouts (equal to autograd's to float rounding; tests compare both paths to 1e-6). On CPU
 tensors the mask comes from `sft_hub.native.keep_mask`: torch's own Mersenne-Twister draws, the same
 mask and generator state, computed a block at a time (~14x faster; torch's `bernoulli_` where the
-compiled kernel is unavailable or disagrees with torch on this machine).
+compiled kernel is unavailable or disagrees with torch on this machine). Where the bits stay the same,
+no layer-sized temporaries are made (the sum with the base output inside `addmm`, the delta added in
+place where there is no mask): fewer holes in the heap, a lower LoRA peak RSS (benchmarks/memory.py).
 
 `install(model)` swaps the forward of each plain LoRA Linear (no DoRA or other variant, no LoRA bias,
-no mixed-adapter batches, no autocast); anything else falls through to peft's own forward. Parameters, module
+no mixed-adapter batches, no autocast); anything else falls through to peft's own forward. LoRA Conv2d
+layers (timm CNNs) keep peft's ops and only get the in-place scaling and sum. Parameters, module
 names, saving, loading and merging are peft's, untouched.
 """
 
@@ -100,24 +103,56 @@ def _forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
         plans.append((name, a, b))
     result = self.base_layer(x)
     result_dtype = result.dtype
+    inplace = _can_add_in_place(self.base_layer, nn.Linear)
     for name, a, b in plans:
         x = self._cast_input_dtype(x, a.weight.dtype)
         mask = _keep_mask(self.lora_dropout[name], x)
         if mask is None:
-            result = result + b(a(self.lora_dropout[name](x))) * self.scaling[name]
+            delta = b(a(self.lora_dropout[name](x))).mul_(self.scaling[name])
+            result = result.add_(delta) if inplace and delta.dtype == result.dtype else result + delta
             continue
         result = LoraDelta.apply(result, x, a.weight, b.weight, mask[0], mask[1], self.scaling[name])
     return result.to(result_dtype)
 
 
+def _can_add_in_place(base: nn.Module, kind: type) -> bool:
+    """Whether the LoRA delta may be added into the base layer's output: the same sum, bit for bit, without an
+    output-sized temporary. Only when nothing else can hold that output: a plain `kind` layer (which does not
+    save its output for backward) with no forward hooks."""
+    return type(base) is kind and not (base._forward_hooks or nn.modules.module._global_forward_hooks)
+
+
+def _conv_forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """peft's `lora.Conv2d.forward` for plain LoRA, its ops unchanged; the scaling and the sum done in place."""
+    reference = type(self).forward
+    if args or kwargs or self.disable_adapters or self.merged or torch.is_autocast_enabled(x.device.type):
+        return reference(self, x, *args, **kwargs)
+    active = [n for n in self.active_adapters if n in self.lora_A.keys()]
+    # lora_B's output is only scaled in place when lora_B is a plain conv (it does not save its output)
+    if any(n in self.lora_variant or type(self.lora_B[n]) is not nn.Conv2d for n in active):
+        return reference(self, x)
+    result = self.base_layer(x)
+    result_dtype = result.dtype
+    inplace = _can_add_in_place(self.base_layer, nn.Conv2d)
+    for name in active:
+        x = self._cast_input_dtype(x, self.lora_A[name].weight.dtype)
+        delta = self.lora_B[name](self.lora_A[name](self.lora_dropout[name](x))).mul_(self.scaling[name])
+        result = result.add_(delta) if inplace and delta.dtype == result.dtype else result + delta
+    return result.to(result_dtype)
+
+
 def install(model: nn.Module) -> int:
-    """Route every peft LoRA Linear of `model` through the fast step; returns how many layers were switched."""
+    """Route every peft LoRA Linear (and Conv2d) of `model` through the fast step; returns how many layers were switched."""
+    from peft.tuners.lora import Conv2d as LoraConv2d
     from peft.tuners.lora import Linear as LoraLinear
 
     count = 0
     for module in model.modules():
         if type(module) is LoraLinear and not getattr(module, "fan_in_fan_out", False):
             module.forward = types.MethodType(_forward, module)
+            count += 1
+        elif type(module) is LoraConv2d:
+            module.forward = types.MethodType(_conv_forward, module)
             count += 1
     return count
 
@@ -126,7 +161,7 @@ def uninstall(model: nn.Module) -> int:
     """Back to peft's own forward everywhere (the reference path of benchmarks and tests)."""
     count = 0
     for module in model.modules():
-        if getattr(module.forward, "__func__", None) is _forward:
+        if getattr(module.forward, "__func__", None) in (_forward, _conv_forward):
             del module.forward
             count += 1
     return count

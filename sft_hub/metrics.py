@@ -6,6 +6,8 @@ per-label thresholds and mAP (threshold-free), and `choose_thresholds` picks tho
 validation split (`MultiLabelMetrics` carries them). `make_compute_metrics` builds the Trainer's
 `compute_metrics` for a task, adding `num_examples` (how many predictions were scored: under DDP every
 example exactly once) and, for online users, any Hub `evaluate` metrics a recipe names.
+scikit-learn and scipy are imported by the functions that use them: a training process loads them at its
+first evaluation, not before its training steps (sklearn.metrics alone is ~40 MB of resident memory).
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, average_precision_score, confusion_matrix, f1_score, matthews_corrcoef, precision_recall_fscore_support
 from transformers import EvalPrediction
 
 CLASSIFICATION_EXTRAS = ("f1", "mcc")
 
 
 def classification_metrics(preds: np.ndarray, labels: np.ndarray, extras: Iterable[str] = ()) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, precision_recall_fscore_support
+
     preds, labels = np.asarray(preds).astype(int), np.asarray(labels).astype(int)
     p, r, f, _ = precision_recall_fscore_support(labels, preds, average="macro", zero_division=0)
     out = {
@@ -37,6 +39,8 @@ def classification_metrics(preds: np.ndarray, labels: np.ndarray, extras: Iterab
 
 
 def regression_metrics(preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    from scipy.stats import pearsonr, spearmanr
+
     preds, labels = np.asarray(preds, dtype=float).reshape(-1), np.asarray(labels, dtype=float).reshape(-1)
     constant = np.ptp(preds) == 0 or np.ptp(labels) == 0
     return {
@@ -47,6 +51,8 @@ def regression_metrics(preds: np.ndarray, labels: np.ndarray) -> dict[str, float
 
 
 def confusion(preds: np.ndarray, labels: np.ndarray, num_labels: int) -> list[list[int]]:
+    from sklearn.metrics import confusion_matrix
+
     return confusion_matrix(np.asarray(labels).astype(int), np.asarray(preds).astype(int), labels=list(range(num_labels))).tolist()
 
 
@@ -63,6 +69,8 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 def multilabel_metrics(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> dict[str, float]:
     """F1 (micro, macro over labels), micro precision/recall and exact match at `thresholds`; mAP over labels with positives."""
+    from sklearn.metrics import average_precision_score, f1_score, precision_recall_fscore_support
+
     labels = np.asarray(labels).astype(int)
     preds = (np.asarray(probs) >= np.asarray(thresholds)).astype(int)
     p, r, f, _ = precision_recall_fscore_support(labels, preds, average="micro", zero_division=0)
@@ -87,6 +95,8 @@ def _best(scores: list[float]) -> float:
 
 def choose_thresholds(probs: np.ndarray, labels: np.ndarray, mode: str | float) -> np.ndarray:
     """Per-label (best F1 of each label), global (best micro F1) or fixed thresholds; 0.5 for labels without positives."""
+    from sklearn.metrics import f1_score
+
     labels = np.asarray(labels).astype(int)
     n = labels.shape[1]
     if not isinstance(mode, str):

@@ -6,7 +6,8 @@ turns the fitted pipeline into logits `W x + b` whose softmax *is* `predict_prob
 a binary model's single coefficient row becomes the pair [-z/2, +z/2], since softmax([-z/2, z/2]) =
 [1 - sigmoid(z), sigmoid(z)]; classes absent from the training rows get a -1e4 logit), and
 `write_probe` puts it into the classifier Linear, fusing a bypassed projector (see `features.Cut`), so the
-run is one ordinary model.
+run is one ordinary model. scikit-learn is imported when a probe is fitted (not when the strategy registry
+loads it): other runs never pay its ~40 MB of resident memory.
 """
 
 from __future__ import annotations
@@ -14,19 +15,18 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
-from sklearn.model_selection import StratifiedKFold
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from sft_hub.errors import RunError
 from sft_hub.features import Cut
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.pipeline import Pipeline
 
 log = logging.getLogger("sft_hub")
 ABSENT_LOGIT = -1e4  # exp(-1e4) is exactly 0 in float32: a class never seen in training gets probability 0
@@ -45,6 +45,12 @@ class ProbeOptions:
 
 def fit_probe(X: np.ndarray, y: np.ndarray, regression: bool, opts: ProbeOptions) -> tuple[Pipeline, dict[str, Any]]:
     """The fitted pipeline and a summary (chosen C / alpha, cross-validation score, iterations)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     steps: list[Any] = [StandardScaler()] if opts.standardize else []
     if regression:
         model = make_pipeline(*steps, RidgeCV(alphas=opts.alphas)).fit(X, y.astype(np.float64))

@@ -91,6 +91,39 @@ def test_lora_fast_keeps_eval_save_load_and_merge(bert_dir: Path, tmp_path: Path
         torch.testing.assert_close(merged(**batch).logits, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_lora_fast_conv_step_is_bit_identical(dropout: float) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    def conv_net(fast: bool):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3))
+        model = get_peft_model(net, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["0", "2"]))
+        with torch.no_grad():  # B starts at zero, which would hide every gradient of A
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+        if fast:  # get_peft_model alone leaves peft's forward: the reference
+            assert lora_fast.install(model) == 2
+        return model.train()
+
+    ref, fast = conv_net(False), conv_net(True)
+    assert sum(getattr(m.forward, "__func__", None) is lora_fast._conv_forward for m in fast.modules()) == 2
+    assert not any(getattr(m.forward, "__func__", None) is lora_fast._conv_forward for m in ref.modules())
+    x = torch.randn(2, 3, 9, 9)
+    outs = {}
+    for name, model in (("ref", ref), ("fast", fast)):
+        torch.manual_seed(7)  # the same dropout draws for both
+        y = model(x)
+        (y.square().sum()).backward()
+        outs[name] = y.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    (y_r, g_r), (y_f, g_f) = outs["ref"], outs["fast"]
+    assert torch.equal(y_r, y_f)  # peft's ops; only the scaling and the sum are done in place
+    assert g_r.keys() == g_f.keys() and len(g_r) == 4
+    for n in g_r:
+        assert torch.equal(g_r[n], g_f[n]), n
+
+
 def _loaded(bert_dir: Path, model: torch.nn.Module) -> SimpleNamespace:
     data = text.DataConfig(builtin="sentiment", max_length=32)
     recipe = SimpleNamespace(task="text_classification", data=data, model=text.ModelConfig(str(bert_dir)))

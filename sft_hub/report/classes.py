@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from sft_hub.report.curves import pyplot
 
@@ -15,6 +14,8 @@ ANNOTATE_UP_TO = 30  # classes; beyond that the cells are too small to read numb
 
 
 def per_class(labels: np.ndarray, preds: np.ndarray, names: list[str]) -> dict[str, Any]:
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support  # after training, not at import
+
     ids = list(range(len(names)))
     p, r, f, s = precision_recall_fscore_support(labels, preds, labels=ids, zero_division=0)
     avg = {}
