@@ -1,7 +1,8 @@
 """Peak memory (RSS) of LoRA training against full fine-tuning, MiniLM-L6 and ResNet-18, one subprocess each.
 
-Each child process imports the libraries, builds the model, applies the strategy (the engine's
-the strategy's `apply`, so LoRA runs `lora_fast`), makes the engine's optimizer (`Trainer.create_optimizer`)
+Each child process imports the libraries, builds the model, applies the strategy (the strategy's
+`apply`, so LoRA runs `lora_fast`) and, as the engine does, `fast_dropout` (the model's dropout layers keep
+a boolean mask for backward instead of torch's float noise), makes the engine's optimizer (`Trainer.create_optimizer`)
 and trains `--steps` steps on fixed batches: MiniLM on the longest length-grouped SST-2 batch of 32
 (the sampler puts it first, so it sets a run's peak), ResNet-18 (from its config, as offline) on a
 batch of 32 random 224 px images. It reports RSS after imports, after building the model (and the
@@ -12,7 +13,7 @@ optimizer), and the peak (`ru_maxrss`). The table splits the peak into the part 
 - `grads+optim`: gradients of the trainable parameters plus the optimizer's state tensors;
 - `heap free`: bytes glibc malloc holds free in its heap at the end of the last forward (freed tensors
   the allocator keeps for reuse; they stay in RSS): the allocator's share of the peak.
-`lora-peft` is LoRA through peft's own forward (before `lora_fast`), `lora` as the strategy trains now.
+`lora-peft` is LoRA through peft's own forward and torch's dropout (before `lora_fast`), `lora` as the engine trains now.
 `--engine` adds rows for a real `sft-hub train` process (MiniLM, the first 2000 SST-2 sentences,
 `--engine-steps` steps of 32, length-grouped, eval on 32 rows): the training loop's peak from the run's
 manifest (`resources`) and the whole process's peak (`wait4`), which includes evaluation, report and saving.
@@ -118,10 +119,14 @@ def child(model: str, strategy: str, steps: int) -> dict:
         batch = {"pixel_values": torch.randn(32, 3, 224, 224), "labels": torch.randint(0, 2, (32,))}
         lora = {"name": "lora", "r": 16, "alpha": 16}  # the resnet family's default targets
     net = parse_strategy({"name": "full"} if strategy == "full" else lora).apply(built.model, built.info)
-    if strategy == "lora-peft":  # peft's own forward: what the lora strategy ran before lora_fast
+    if strategy == "lora-peft":  # peft's own forward and torch's dropout: what the lora strategy ran before lora_fast
         from sft_hub import lora_fast
 
         lora_fast.uninstall(net)
+    else:
+        from sft_hub import fast_dropout
+
+        fast_dropout.install(net)  # as the engine does: the model's dropout keeps a boolean mask
     net.train()
     args = build_training_args({"learning_rate": 1e-4, "report_to": "none"}, Path(tempfile.mkdtemp()))
     optimizer = Trainer(model=net, args=args).create_optimizer()
