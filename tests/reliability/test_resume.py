@@ -39,7 +39,8 @@ def losses(run_dir):
     return by_step
 
 
-@pytest.mark.parametrize("grouped", [False, True], ids=["random-batches", "length-grouped"])
+@pytest.mark.parametrize("grouped", [pytest.param(False, marks=pytest.mark.multiprocess), True],  # random order: a .ci/run step
+                         ids=["random-batches", "length-grouped"])
 def test_sigkill_then_resume_is_exact(tiny_bert, tmp_path, grouped):
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     assert run_cli("none", "train", str(recipe_file(tmp_path, tiny_bert, straight, group_by_length=grouped))).returncode == 0
@@ -57,6 +58,7 @@ def test_sigkill_then_resume_is_exact(tiny_bert, tmp_path, grouped):
     assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)  # bit-identical on CPU
 
 
+@pytest.mark.multiprocess  # a killed child process: run by its own .ci/run step
 def test_sigkill_before_and_after_the_unfreeze_point_then_resume_is_exact(tiny_bert, tmp_path):
     """Gradual unfreezing (head only for steps 1-6) with layer-wise and head learning rates: killed after
     checkpoint-4 (before the unfreeze point), resumed across it and killed again after checkpoint-8, resumed."""
@@ -148,6 +150,7 @@ def test_nonfinite_loss(tiny_bert, tmp_path, action):
         assert json.loads((tmp_path / "run" / "manifest.json").read_text())["nonfinite_skipped"] >= 1
 
 
+@pytest.mark.multiprocess  # a killed child process: run by its own .ci/run step
 def test_sigkill_then_resume_restores_the_weight_average_exactly(tiny_bert, tmp_path):
     """engine.ema: the average is saved in each checkpoint and read back; resumed == uninterrupted, bit for bit."""
     paths = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 
+import pytest
 import yaml
 from conftest import text_recipe, write_sentiment_csv
 from faults import run_cli
@@ -25,6 +26,7 @@ def recipe_file(tmp_path, tiny_bert, out):
     return path
 
 
+@pytest.mark.multiprocess  # a killed child process: run by its own .ci/run step
 def test_streamed_sigkill_then_resume_is_exact(tiny_bert, tmp_path):
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     first = run_cli("none", "train", str(recipe_file(tmp_path, tiny_bert, straight)))
