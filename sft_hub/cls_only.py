@@ -59,7 +59,26 @@ def _whole(layer: nn.Module, attention_mask: torch.Tensor | None, past_key_value
             or attention_mask is not None and attention_mask.dim() != 4)
 
 
-class PackedLayer(nn.Module):
+class _LayerForm(nn.Module):
+    """A `BertLayer`'s call signature; the whole block where the form does not mirror it, else `run`."""
+
+    def __init__(self, layer: mb.BertLayer) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                encoder_hidden_states: torch.Tensor | None = None, encoder_attention_mask: torch.Tensor | None = None,
+                past_key_values: Any = None, **kwargs: Any) -> torch.Tensor:
+        if _whole(self.layer, attention_mask, past_key_values):
+            return self.layer(hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
+                              past_key_values=past_key_values, **kwargs)
+        return self.run(hidden_states, attention_mask, **kwargs)
+
+    def run(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class PackedLayer(_LayerForm):
     """A `BertLayer` whose per-token parts (projections, output dense, LayerNorms, feed-forward) run on the real
     tokens only; attention runs on the padded layout with the mask. Output: zeros at padded positions.
 
@@ -68,16 +87,11 @@ class PackedLayer(nn.Module):
     """
 
     def __init__(self, layer: mb.BertLayer, index: torch.Tensor) -> None:
-        super().__init__()
-        self.layer, self.index = layer, index  # index: the real tokens' flat positions in (batch * length)
+        super().__init__(layer)
+        self.index = index  # the real tokens' flat positions in (batch * length)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                encoder_hidden_states: torch.Tensor | None = None, encoder_attention_mask: torch.Tensor | None = None,
-                past_key_values: Any = None, **kwargs: Any) -> torch.Tensor:
+    def run(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Any) -> torch.Tensor:
         layer = self.layer
-        if _whole(layer, attention_mask, past_key_values):
-            return layer(hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
-                         past_key_values=past_key_values, **kwargs)
         attn = layer.attention.self
         batch, length, size = hidden_states.shape
         x = hidden_states.reshape(batch * length, size).index_select(0, self.index)
@@ -95,7 +109,7 @@ class PackedLayer(nn.Module):
         return spread(y).view(batch, length, size)
 
 
-class ClsOnlyLayer(nn.Module):
+class ClsOnlyLayer(_LayerForm):
     """A `BertLayer` run for position 0 only: output (batch, 1, hidden).
 
     Keys and values are never projected for every token. With q the [CLS] query of one head, W_k, b_k, W_v,
@@ -109,17 +123,8 @@ class ClsOnlyLayer(nn.Module):
     mask is added to the scores.
     """
 
-    def __init__(self, layer: mb.BertLayer) -> None:
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                encoder_hidden_states: torch.Tensor | None = None, encoder_attention_mask: torch.Tensor | None = None,
-                past_key_values: Any = None, **kwargs: Any) -> torch.Tensor:
+    def run(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Any) -> torch.Tensor:
         layer = self.layer
-        if _whole(layer, attention_mask, past_key_values):
-            return layer(hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
-                         past_key_values=past_key_values, **kwargs)  # what this form does not mirror: the whole block
         attn = layer.attention.self
         batch, heads, size = hidden_states.shape[0], attn.num_attention_heads, attn.attention_head_size
         cls = hidden_states[:, :1]

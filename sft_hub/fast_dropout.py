@@ -14,13 +14,12 @@ autocast, and the compiled kernel built and checked against torch on this machin
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
 import torch
 from torch import nn
 
-from sft_hub import native
+from sft_hub import forward_swap, native
 
 
 class _MaskedScale(torch.autograd.Function):
@@ -48,19 +47,9 @@ def _forward(self: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
 
 def install(model: nn.Module) -> int:
     """Route every plain `nn.Dropout` of `model` through the compiled draws; returns how many modules."""
-    count = 0
-    for module in model.modules():
-        if type(module) is nn.Dropout:
-            module.forward = types.MethodType(_forward, module)
-            count += 1
-    return count
+    return forward_swap.install(model, lambda m: _forward if type(m) is nn.Dropout else None)
 
 
 def uninstall(model: nn.Module) -> int:
     """torch's own dropout everywhere again."""
-    count = 0
-    for module in model.modules():
-        if getattr(module.forward, "__func__", None) is _forward:
-            del module.forward
-            count += 1
-    return count
+    return forward_swap.uninstall(model, (_forward,))

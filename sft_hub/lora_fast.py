@@ -25,14 +25,13 @@ names, saving, loading and merging are peft's, untouched.
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sft_hub import native
+from sft_hub import forward_swap, native
 
 
 class LoraDelta(torch.autograd.Function):
@@ -146,22 +145,14 @@ def install(model: nn.Module) -> int:
     from peft.tuners.lora import Conv2d as LoraConv2d
     from peft.tuners.lora import Linear as LoraLinear
 
-    count = 0
-    for module in model.modules():
+    def choose(module: nn.Module):
         if type(module) is LoraLinear and not getattr(module, "fan_in_fan_out", False):
-            module.forward = types.MethodType(_forward, module)
-            count += 1
-        elif type(module) is LoraConv2d:
-            module.forward = types.MethodType(_conv_forward, module)
-            count += 1
-    return count
+            return _forward
+        return _conv_forward if type(module) is LoraConv2d else None
+
+    return forward_swap.install(model, choose)
 
 
 def uninstall(model: nn.Module) -> int:
     """Back to peft's own forward everywhere (the reference path of benchmarks and tests)."""
-    count = 0
-    for module in model.modules():
-        if getattr(module.forward, "__func__", None) in (_forward, _conv_forward):
-            del module.forward
-            count += 1
-    return count
+    return forward_swap.uninstall(model, (_forward, _conv_forward))
