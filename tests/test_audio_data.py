@@ -16,7 +16,7 @@ import soundfile as sf
 from sft_hub.config import from_dict, load_recipe
 from sft_hub.errors import DataError
 from sft_hub.tasks import audio, audio_data
-from test_audio_task import BAD, FSDD, FSDD_RECIPE, TONES, data_cfg, make_clips, model_cfg, write_wav
+from audio_fixtures import BAD, FSDD, FSDD_RECIPE, TONES, data_cfg, make_clips, model_cfg, write_wav
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import torch
 from sft_hub.config import parse_recipe
 from sft_hub.engine import train
 from sft_hub.inference import evaluate, load_run, logits
-from test_audio_task import FSDD, FSDD_RECIPE, ROOT, TINY, make_clips, pretrained_folder
+from audio_fixtures import FSDD, FSDD_RECIPE, ROOT, TINY, make_clips, pretrained_folder
 
 FAST = {"max_steps": 4, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 64, "eval_strategy": "no",
         "save_strategy": "no", "logging_steps": 1, "learning_rate": 5e-3, "disable_tqdm": True, "seed": 0}

@@ -3,7 +3,7 @@
 Offline: tiny wav2vec2 / HuBERT / WavLM / AST / Whisper models built from configs (no weights); WAV
 fixtures generated in tmp_path at 8 kHz and 16 kHz, mono and stereo, plus a corrupt and an empty file.
 Data sources and file checks are in test_audio_data.py; engine runs (strategies, reload equality, the CLI)
-in test_audio_engine.py. Fixture helpers live here.
+in test_audio_engine.py. Fixture helpers are in audio_fixtures.py.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from sft_hub.config import from_dict, load_recipe
@@ -21,82 +19,12 @@ from sft_hub.errors import ConfigError
 from sft_hub.strategies import parse_strategy
 from sft_hub.tasks import audio
 
-ROOT = Path(__file__).resolve().parents[1]
-FSDD = ROOT.parent / "shared" / "data" / "fsdd" / "recordings"
-FSDD_RECIPE = ROOT / "recipes" / "audio_classification" / "fsdd_ast_scratch_full.yaml"
-TONES = {"1": 300.0, "7": 1500.0}  # digit -> tone frequency: two classes a tiny model can tell apart
-
-TINY = {  # name_or_path (a model type), config, feature_extractor
-    "ast": ("audio-spectrogram-transformer", dict(num_mel_bins=16, max_length=32, patch_size=16, frequency_stride=16, time_stride=8,
-                                                  hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
-            {"sampling_rate": 8000}),
-    "wav2vec2": ("wav2vec2", dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, conv_dim=[16, 16],
-                                  conv_stride=[5, 4], conv_kernel=[10, 4], num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-                                  classifier_proj_size=16, mask_time_prob=0.0, layerdrop=0.0), {"sampling_rate": 16000}),
-    "hubert": ("hubert", dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, conv_dim=[16, 16],
-                              conv_stride=[5, 4], conv_kernel=[10, 4], num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-                              classifier_proj_size=16, mask_time_prob=0.0, layerdrop=0.0), {"sampling_rate": 16000}),
-    "wavlm": ("wavlm", dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, conv_dim=[16, 16],
-                            conv_stride=[5, 4], conv_kernel=[10, 4], num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-                            classifier_proj_size=16, mask_time_prob=0.0, layerdrop=0.0, num_buckets=8, max_bucket_distance=20), {"sampling_rate": 16000}),
-    "whisper": ("whisper", dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, decoder_layers=1,
-                                decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=16, max_source_positions=50, classifier_proj_size=16, encoder_layerdrop=0.0),
-                {"sampling_rate": 16000, "feature_size": 16, "chunk_length": 1}),
-}
-
-
-def write_wav(path: Path, rate: int, seconds: float, freq: float, channels: int = 1, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(rate * seconds)) / rate
-    tone = 0.5 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size)
-    data = np.stack([tone, 0.5 * tone], axis=1) if channels == 2 else tone  # stereo: right channel at half level
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, data.astype(np.float32), rate, subtype="PCM_16")
-    return path
-
-
-BAD = {  # file name -> writer: a corrupt file, a 0-byte file, and a valid WAV header with no samples
-    "1_tone_98.wav": lambda p: p.write_bytes(b"RIFF\x00\x10\x00\x00WAVEjunkjunkjunk" * 8),
-    "7_tone_99.wav": lambda p: p.write_bytes(b""),
-    "7_tone_97.wav": lambda p: sf.write(p, np.zeros(0, dtype=np.float32), 16000),
-}
-
-
-def make_clips(root: Path, per_class: int = 10, bad: bool = False) -> Path:
-    """FSDD-style `{digit}_tone_{index}.wav`: index 0-4 test, the rest train; 8/16 kHz, mono/stereo alternate."""
-    for digit, freq in TONES.items():
-        for i in range(per_class):
-            write_wav(root / f"{digit}_tone_{i}.wav", (8000, 16000)[i % 2], 0.3 + 0.05 * (i % 4), freq, 1 + (i // 2) % 2, seed=i)
-    if bad:
-        for name, write in BAD.items():
-            write(root / name)
-    return root
-
-
-def pretrained_folder(root: Path) -> Path:
-    """A tiny wav2vec2 checkpoint written by save_pretrained, as a Hub download would leave it (no head)."""
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
-
-    _, config, fe = TINY["wav2vec2"]
-    torch.manual_seed(0)
-    Wav2Vec2Model(Wav2Vec2Config(**config)).save_pretrained(root)
-    Wav2Vec2FeatureExtractor(**fe, return_attention_mask=True).save_pretrained(root)
-    return root
+from audio_fixtures import FSDD_RECIPE, TINY, data_cfg, make_clips, model_cfg, pretrained_folder
 
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> Path:
     return make_clips(tmp_path_factory.mktemp("clips"))
-
-
-def data_cfg(folder: Path, **kw) -> audio.DataConfig:
-    raw = {"source": "filenames", "data_dir": str(folder), "label_regex": r"^(\d)_", "split_regex": {"test": r"_[0-4]\.wav$"}, **kw}
-    return from_dict(audio.DataConfig, raw, "data")
-
-
-def model_cfg(kind: str, **kw) -> audio.ModelConfig:
-    name, config, fe = TINY[kind]
-    return from_dict(audio.ModelConfig, {"name_or_path": name, "config": dict(config), "feature_extractor": dict(fe), **kw}, "model")
 
 
 # --- config validation --------------------------------------------------------------------------------

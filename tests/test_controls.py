@@ -254,7 +254,7 @@ def test_multi_label_images_on_digit_attributes(tmp_path):
 
 
 def test_multi_label_audio(tmp_path):
-    from test_audio_task import TINY, make_clips
+    from audio_fixtures import TINY, make_clips
 
     clips = make_clips(tmp_path / "clips", per_class=6)
     name, config, fe = TINY["ast"]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from test_image_data import data_cfg, make_folder, model_cfg
+from image_fixtures import data_cfg, make_folder, model_cfg
 
 from sft_hub import fast_image, fast_predict
 from sft_hub.tasks import image, image_data

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import text_recipe, write_sentiment_csv, write_tiny_bert
-from test_audio_task import TINY, make_clips
-from test_image_data import make_folder
+from audio_fixtures import TINY, make_clips
+from image_fixtures import make_folder
 
 from sft_hub import features as F
 from sft_hub import probe_fit as P

@@ -1,7 +1,7 @@
 """Image data: decoding (every PIL mode to RGB), folder/digits sources, bad-file checks, transforms, collator.
 
 Offline: images generated in tmp_path (PNG and JPEG in RGB, L, P, RGBA; corrupt and truncated files).
-The fixture helpers here (`make_folder`, `model_cfg`, `data_cfg`) are shared with test_image_task.py.
+The fixture helpers (`make_folder`, `model_cfg`, `data_cfg`) are in image_fixtures.py, shared by the image tests.
 """
 
 from __future__ import annotations
@@ -14,42 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from sft_hub.config import from_dict
 from sft_hub.errors import ConfigError, DataError
 from sft_hub.tasks import image, image_data
 
+from image_fixtures import CLASSES, MODES, data_cfg, make_folder, model_cfg, write_image
+
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES = ("ants", "bees", "wasps")
-MODES = ("RGB", "L", "P", "RGBA")
-
-
-def write_image(path: Path, mode: str, size: tuple[int, int], shade: int, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    arr = np.clip(rng.normal(shade, 30, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
-    img = Image.fromarray(arr).convert(mode)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path
-
-
-def make_folder(root: Path, per_class: dict[str, int] | None = None, splits=("train", "val")) -> Path:
-    """<root>/<split>/<class>/ with PNGs in every mode and JPEGs (RGB, L) of varying sizes."""
-    per_class = per_class or {"train": 8, "val": 4}
-    for split in splits:
-        for c, name in enumerate(CLASSES):
-            for i in range(per_class[split]):
-                mode = MODES[i % 4]
-                ext = "jpg" if mode in ("RGB", "L") and i % 8 < 2 else "png"
-                write_image(root / split / name / f"{i}.{ext}", mode, (36 + 3 * i, 30 + 2 * i), 50 + 70 * c, seed=i + 10 * c)
-    return root
-
-
-def model_cfg(**kw) -> image.ModelConfig:
-    return from_dict(image.ModelConfig, {"name_or_path": "test_resnet", "image_size": 32, **kw}, "model")
-
-
-def data_cfg(**kw) -> image.DataConfig:
-    return from_dict(image.DataConfig, kw, "data")
 
 
 # --- decoding and checks ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_image_data import CLASSES, ROOT, make_folder, model_cfg
+from image_fixtures import CLASSES, ROOT, make_folder, model_cfg
 
 from sft_hub.config import from_dict
 from sft_hub.errors import ConfigError

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, write_tiny_bert
-from test_audio_task import model_cfg as audio_cfg
-from test_image_data import model_cfg as image_cfg
+from audio_fixtures import model_cfg as audio_cfg
+from image_fixtures import model_cfg as image_cfg
 
 from sft_hub.model_info import ModelInfo
 from sft_hub.schema import from_dict

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_audio_task import model_cfg as audio_model_cfg
-from test_image_data import model_cfg as image_model_cfg
+from audio_fixtures import model_cfg as audio_model_cfg
+from image_fixtures import model_cfg as image_model_cfg
 
 from sft_hub.config import from_dict
 from sft_hub.tasks import audio, image, new_head, text

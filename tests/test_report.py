@@ -96,7 +96,7 @@ def test_tensorboard_events_read_back(text_run: Path):
 
 
 def test_image_run_report_has_a_thumbnail_grid(tmp_path: Path):
-    from test_image_data import make_folder
+    from image_fixtures import make_folder
 
     folder = make_folder(tmp_path / "data")
     recipe = parse_recipe({

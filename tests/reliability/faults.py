@@ -8,10 +8,13 @@ Faults: `kill_after_complete:N` (SIGKILL right after checkpoint-N is marked comp
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from sft_hub import runs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,3 +68,12 @@ def start_cli(fault: str, *args: str, env: dict | None = None) -> subprocess.Pop
 def run_cli(fault: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run([sys.executable, "-c", SCRIPT, fault, *args], capture_output=True, text=True, cwd=REPO, env=full_env, timeout=600)
+
+
+def losses(run_dir):
+    by_step = {}
+    for line in (run_dir / runs.METRICS_LOG).read_text().splitlines():
+        row = json.loads(line)
+        if "loss" in row and "grad_norm" in row:
+            by_step[row["step"]] = (row["loss"], row["grad_norm"])  # a resumed run re-logs steps: last one wins
+    return by_step

@@ -13,11 +13,10 @@ import signal
 import numpy as np
 import pytest
 import yaml
-from faults import run_cli
+from faults import losses, run_cli
 from safetensors.torch import load_file
-from test_audio_task import make_clips, pretrained_folder
-from test_image_data import make_folder
-from test_resume import losses
+from audio_fixtures import make_clips, pretrained_folder
+from image_fixtures import make_folder
 
 from sft_hub import runs
 from sft_hub.hub import push

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from conftest import text_recipe, write_sentiment_csv
-from faults import run_cli
+from faults import losses, run_cli
 from safetensors.torch import load_file
 
 from sft_hub import runs
@@ -28,15 +28,6 @@ def recipe_file(tmp_path, tiny_bert, out, strategy=None, **training):
     path = tmp_path / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
-
-
-def losses(run_dir):
-    by_step = {}
-    for line in (run_dir / runs.METRICS_LOG).read_text().splitlines():
-        row = json.loads(line)
-        if "loss" in row and "grad_norm" in row:
-            by_step[row["step"]] = (row["loss"], row["grad_norm"])  # a resumed run re-logs steps: last one wins
-    return by_step
 
 
 @pytest.mark.parametrize("grouped", [pytest.param(False, marks=pytest.mark.multiprocess), True],  # random order: a .ci/run step

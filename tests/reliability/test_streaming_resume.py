@@ -8,9 +8,8 @@ import signal
 import pytest
 import yaml
 from conftest import text_recipe, write_sentiment_csv
-from faults import run_cli
+from faults import losses, run_cli
 from safetensors.torch import load_file
-from test_resume import losses
 
 from sft_hub import runs
 

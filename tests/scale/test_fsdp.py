@@ -100,7 +100,7 @@ def test_fsdp_yaml_as_shipped_on_cpu_processes(tiny_bert, tmp_path):
 
 def test_fsdp_resnet_full_matches_ddp(tmp_path):
     """A timm ResNet (TimmWrapper names a block it does not contain; BatchNorm buffers): its repeated blocks are wrapped."""
-    from test_image_data import make_folder
+    from image_fixtures import make_folder
 
     folder = make_folder(tmp_path / "images")
     raw = {"task": "image_classification", "model": {"name_or_path": "test_resnet", "image_size": 32},

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import write_tiny_bert
-from test_audio_task import model_cfg as audio_cfg
-from test_image_data import model_cfg as image_cfg
+from audio_fixtures import model_cfg as audio_cfg
+from image_fixtures import model_cfg as image_cfg
 
 from sft_hub.base_model import tensors_sha256
 from sft_hub.errors import ConfigError

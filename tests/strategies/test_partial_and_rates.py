@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import text_recipe
 from safetensors.torch import load_file
-from test_image_data import model_cfg as image_cfg
+from image_fixtures import model_cfg as image_cfg
 
 from sft_hub.config import parse_recipe
 from sft_hub.engine import train
