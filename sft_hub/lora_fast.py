@@ -52,6 +52,8 @@ class LoraDelta(torch.autograd.Function):
         h = F.linear(dropped, a)
         ctx.save_for_backward(x, a, b, keep, h)
         ctx.keep_prob, ctx.scaling = keep_prob, scaling
+        if result.dtype != h.dtype:  # e.g. a bf16 base with float32 adapters: the sum promotes, as peft's does
+            return result + F.linear(h * scaling, b)
         out = torch.addmm(result.reshape(-1, result.shape[-1]), (h * scaling).reshape(-1, h.shape[-1]), b.t())
         return out.view(result.shape)
 

@@ -169,3 +169,22 @@ def test_pcm16_decoding_equals_ffmpeg(tmp_path: Path, channels: int) -> None:
     from_bytes = audio_data._decode_pcm16({"path": None, "bytes": path.read_bytes()}, 8000)
     assert from_bytes is not None and np.array_equal(from_bytes[0], fast[0])
     assert audio_data._decode_pcm16({"path": str(path), "bytes": None}, 16000) is None  # resampling stays FFmpeg's
+
+
+def test_lora_fast_bf16_base_with_float32_adapter_equals_peft() -> None:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    ref = get_peft_model(torch.nn.Sequential(torch.nn.Linear(16, 16)).to(torch.bfloat16),
+                         LoraConfig(r=4, lora_alpha=8, target_modules=["0"], lora_dropout=0.1, init_lora_weights=False))
+    fast = copy.deepcopy(ref)
+    assert lora_fast.install(fast) == 1  # the adapter stays float32 (peft's default), the base output is bf16
+    x, out = torch.randn(3, 16, dtype=torch.bfloat16), {}
+    for name, model in (("ref", ref), ("fast", fast)):
+        torch.manual_seed(1)
+        y = model(x)
+        y.float().sum().backward()
+        out[name] = y.detach(), [p.grad for p in model.parameters() if p.requires_grad]
+    assert out["fast"][0].dtype == torch.bfloat16 and torch.equal(out["ref"][0], out["fast"][0])
+    for a, b in zip(out["ref"][1], out["fast"][1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
