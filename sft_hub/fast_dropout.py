@@ -34,7 +34,7 @@ class _MaskedScale(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
         (keep,) = ctx.saved_tensors
-        return native.apply_mask(grad.contiguous(), keep, ctx.keep_prob), None, None
+        return native.apply_mask(grad, keep, ctx.keep_prob), None, None
 
 
 def _forward(self: nn.Dropout, x: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ the kernels off.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import math
@@ -61,12 +62,15 @@ def _build() -> ctypes.CDLL | None:
         root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=root)  # built aside and renamed: ranks may build at once
         os.close(fd)
-        proc = subprocess.run([compiler, *_FLAGS, "-o", tmp, str(_SOURCE)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            os.unlink(tmp)
-            log.info("building %s failed (%s): dropout masks drawn by torch", _SOURCE.name, proc.stderr.strip()[:200])
-            return None
-        os.replace(tmp, target)
+        try:
+            proc = subprocess.run([compiler, *_FLAGS, "-o", tmp, str(_SOURCE)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                log.info("building %s failed (%s): dropout masks drawn by torch", _SOURCE.name, proc.stderr.strip()[:200])
+                return None
+            os.replace(tmp, target)
+        finally:  # nothing half-built is left, whatever stopped the build
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     lib = ctypes.CDLL(str(target))
     lib.keep_mask.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64]
     lib.keep_mask.restype = None
@@ -134,8 +138,13 @@ def available() -> bool:
     return _load() is not None
 
 
+@functools.lru_cache(maxsize=64)
+def _scale(keep_prob: float) -> float:
+    return torch.ones((), dtype=torch.float32).div_(keep_prob).item()  # 1 / keep_prob rounded as torch's div_ rounds it
+
+
 def _apply(lib: ctypes.CDLL, x: torch.Tensor, keep: torch.Tensor, keep_prob: float) -> torch.Tensor:
-    scale = torch.ones((), dtype=torch.float32).div_(keep_prob).item()  # 1 / keep_prob rounded as torch's div_ rounds it
+    scale = _scale(keep_prob)
     x, keep = x.contiguous(), keep.contiguous()
     out = torch.empty_like(x)
     lib.apply_mask(x.data_ptr(), keep.data_ptr(), scale, out.data_ptr(), x.numel())
