@@ -152,17 +152,17 @@ class Runner:
 
 
 def runner(loaded: Any, model: nn.Module, fast: bool = True) -> Runner:
-    """The runner for this loaded run's (merged) model; a single run keeps its copy for later calls."""
+    """The runner for this loaded run's (merged) model; a single run keeps its runner (copy and check) for later calls."""
     if not fast or not is_cnn(model):
         return Runner(model, None)
     if hasattr(loaded, "activate"):  # several adapters share `model`: a copy of the active one for this call only
         adapter = getattr(loaded, "adapter_name", None) or getattr(model, "active_adapter", None)
         return Runner(model, inference_copy(model, adapter=adapter) if isinstance(adapter, str) else None)
     cached = getattr(loaded, "_fast_image", None)
-    if cached is None or cached[0] is not model:
-        cached = (model, inference_copy(model))
+    if cached is None or cached[0] is not model:  # the runner is kept, so its check runs once and a failed copy stays dropped
+        cached = (model, Runner(model, inference_copy(model)))
         loaded._fast_image = cached
-    return Runner(model, cached[1])
+    return cached[1]
 
 
 def processor(processor: Any, run: Runner) -> Any:

@@ -128,11 +128,13 @@ def test_predict_with_a_merged_lora_runs_the_copy(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="sft_hub"):
         got = fast_predict.logits(loaded, rows, batch_size=5)
     assert "BatchNorm layers folded" in caplog.text and "plain model" not in caplog.text  # the copy passed its check
-    assert loaded._fast_image[1] is not None and _bns(loaded._fast_image[1]) == 0  # the copy ran
+    first = loaded._fast_image[1]
+    assert first.fast is not None and _bns(first.fast) == 0  # the copy ran
     assert _bns(loaded.model) > 0  # the merged model of the run still has its BatchNorm (export saves it)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
     again = fast_predict.logits(loaded, rows, batch_size=4)  # eval of a second split: the same copy, reused
     np.testing.assert_allclose(again, got, rtol=0, atol=1e-5)
+    assert loaded._fast_image[1] is first and first.checked  # not rebuilt, not checked again
 
 
 def test_adapter_views_keep_their_adapters_apart(tmp_path, caplog):
