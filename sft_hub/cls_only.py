@@ -39,6 +39,8 @@ def why_not(model: nn.Module, trunk: str, top: list[nn.Module]) -> str | None:
         if (type(layer) is not mb.BertLayer or type(layer.attention) is not mb.BertAttention
                 or type(layer.attention.self) is not mb.BertSelfAttention):
             return "a trained block is not a BertLayer with BERT self-attention"
+        if any(type(getattr(layer.attention.self, p)) is not nn.Linear for p in ("key", "value")):
+            return "the key / value projections are not plain Linear layers (ClsOnlyLayer reads their weights)"
         if model.config.is_decoder or getattr(layer, "add_cross_attention", False):
             return "a decoder / cross-attention block"
     if model.config._attn_implementation not in ATTENTION:
@@ -48,8 +50,8 @@ def why_not(model: nn.Module, trunk: str, top: list[nn.Module]) -> str | None:
 
 def bert_top(top: list[nn.Module], token_mask: torch.Tensor) -> list[nn.Module]:
     """The cached top's blocks: the last one for [CLS] only, the ones below it on the real tokens only."""
-    padded = not bool(token_mask.all())
-    index = token_mask.reshape(-1).nonzero().squeeze(1) if padded else None
+    index = token_mask.reshape(-1).nonzero().squeeze(1)  # one device sync a step
+    padded = index.numel() < token_mask.numel()
     return [PackedLayer(b, index) if padded else b for b in top[:-1]] + [ClsOnlyLayer(top[-1])]
 
 

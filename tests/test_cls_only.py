@@ -98,3 +98,6 @@ def test_whole_block_wherever_the_form_is_not_known_to_be_exact():
     assert "attention implementation 'flex_attention'" == cls_only.why_not(other, trunk, list(other.bert.encoder.layer))
     other.config._attn_implementation = "eager"
     assert cls_only.why_not(other, trunk, [torch.nn.Linear(2, 2)]) == "a trained block is not a BertLayer with BERT self-attention"
+    wrapped = list(other.bert.encoder.layer)
+    wrapped[-1].attention.self.value = torch.nn.Sequential(wrapped[-1].attention.self.value)  # e.g. an adapter around it
+    assert "key / value projections" in cls_only.why_not(other, trunk, wrapped)
