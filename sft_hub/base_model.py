@@ -15,7 +15,7 @@ import importlib.resources
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import torch
 
@@ -145,11 +145,15 @@ def files_sha256(files: Iterable[Path]) -> dict[str, str]:
     return out
 
 
-def tensors_sha256(named: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """One digest over names, dtypes, shapes and bytes of tensors (order-independent of iteration)."""
+def tensors_sha256(named: Iterable[tuple[str, torch.Tensor]], read: Callable[[torch.Tensor], torch.Tensor] | None = None) -> str:
+    """One digest over names, dtypes, shapes and bytes of tensors (order-independent of iteration).
+
+    `read` gives each tensor's whole contiguous CPU copy (default: the tensor itself; `distributed.fingerprint`
+    gathers shards), one at a time; its bytes are hashed through the buffer protocol, with no `.tobytes()` copy."""
+    read = read or (lambda t: t.detach().to("cpu").contiguous())
     digest = hashlib.sha256()
     for name, t in sorted(named, key=lambda kv: kv[0]):
-        t = t.detach().to("cpu").contiguous()
+        t = read(t)
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
     return digest.hexdigest()

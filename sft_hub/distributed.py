@@ -14,10 +14,11 @@ the same names, which is why both iterate in sorted order and never skip a tenso
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Iterable
 
 import torch
+
+from sft_hub.base_model import tensors_sha256
 
 
 def is_zero3(t: torch.Tensor) -> bool:
@@ -73,16 +74,8 @@ def fingerprint(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
     base is never whole in memory). On a rank whose tensors are on `meta` nothing is gathered, which is
     safe because `meta` copies only exist before `accelerator.prepare`, when nothing is sharded yet.
     """
-    named = sorted(named, key=lambda kv: kv[0])
-    if not materialised(named):
-        return None
-    digest = hashlib.sha256()
-    for name, t in named:
-        full = full_tensor(t).contiguous()
-        digest.update(f"{name}|{full.dtype}|{tuple(full.shape)}".encode())
-        # the array itself (buffer protocol), not `.tobytes()`: no transient copy of the largest tensor
-        digest.update(full.reshape(-1).view(torch.uint8).numpy() if full.numel() else b"")
-    return digest.hexdigest()
+    named = list(named)
+    return tensors_sha256(named, read=lambda t: full_tensor(t).contiguous()) if materialised(named) else None
 
 
 def world_size() -> int:
