@@ -158,7 +158,9 @@ class FiniteWeights(TrainerCallback):
         bad = None
         if sums and not bool(torch.stack([s.to(sums[0].device) for s in sums]).isfinite().all()):
             bad = next((name for name, t in local if not torch.isfinite(t).all()), None)
-        found = distributed.any_rank(bad is not None, args.device)  # a single process: the flag as it is
+        found = bad is not None
+        if distributed.world_size() > 1:  # (args.device is only read where ranks must agree)
+            found = distributed.any_rank(found, args.device)
         if found:
             raise NonFiniteLoss(f"non-finite weights after step {state.global_step} (in {bad or 'a shard held by another rank'}); "
                                 f"training.learning_rate={args.learning_rate} may be too high")
